@@ -1,0 +1,5 @@
+import sys
+
+from edgetpu_retrain.cli import main
+
+sys.exit(main())

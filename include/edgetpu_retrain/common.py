@@ -24,6 +24,17 @@ EXIT_NOTHING_TO_DO = 99
 log = logging.getLogger("edgetpu_retrain")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _publish_mode(path: Path, *, directory: bool) -> None:
+    """mkstemp/mkdtemp create 0600/0700; artifacts must be readable by other containers' users."""
+    path.chmod((0o777 if directory else 0o666) & ~_umask())
+
+
 class UserError(Exception):
     """A problem the user can fix (bad path, bad flag, bad data): shown as one line, exit code 2."""
 
@@ -62,6 +73,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        _publish_mode(tmp_path, directory=False)
         os.replace(tmp_path, target)
     finally:
         if tmp_path.exists():
@@ -76,6 +88,7 @@ def atomic_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp_path
+        _publish_mode(tmp_path, directory=True)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
             shutil.rmtree(old, ignore_errors=True)

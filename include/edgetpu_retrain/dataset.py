@@ -362,7 +362,6 @@ def build_dataset(
             raise UserError(f"{rec['path']}: image listed in accepted.json is missing ({exc}); run validate first") from exc
 
     with atomic_dir(out) as tmp:
-        tmp.chmod(0o755)  # mkdtemp makes 0700; a snapshot is read by other users/containers
         (tmp / "splits").mkdir()
         (tmp / "tfrecords").mkdir()
         (tmp / "annotations.csv").write_bytes(csv_bytes(images))

@@ -204,7 +204,6 @@ def make_demo(out_dir: str | os.PathLike[str], *, images: int = 60, size: int = 
     per_class = dict.fromkeys(CLASSES, 0)
     total = 0
     with atomic_dir(out) as tmp:
-        tmp.chmod(0o755)  # mkdtemp makes 0700; the drop is read by other users/containers
         for i in range(images):
             rng = random.Random(f"{seed}:{i}")
             image, objects = draw_image(rng, size)

@@ -399,14 +399,6 @@ def _append_history(model_root: Path, entry: dict[str, Any]) -> None:
         raise UserError(f"{path}: expected a JSON list; restore it or move it away and re-run promote")
     history.append(entry)
     common.write_json(path, history)
-    _chmod_default(path, 0o666)  # mkstemp makes 0600
-
-
-def _chmod_default(path: Path, mode: int) -> None:
-    """Give `path` the permissions a plain open()/mkdir() would (mode minus the process umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, mode & ~umask)
 
 
 def _artifacts(files: dict[str, Path]) -> dict[str, dict[str, Any]]:
@@ -648,7 +640,6 @@ def _promote_locked(args, model_root, tflite, int8_eval, float_eval, edgetpu, ma
         "artifacts": artifacts,
     }
     with common.atomic_dir(vdir) as tmp:
-        _chmod_default(tmp, 0o777)  # mkdtemp makes 0700: serving containers (other uids) must read it
         for name, src in sorted(files.items()):
             shutil.copyfile(src, tmp / name)
         for name, text in sorted(generated.items()):

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +92,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     md = common.write_text(out / "report.md", render_md(data)).resolve()
     js = common.write_json(out / "report.json", data).resolve()
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in (md, js):  # mkstemp makes 0600; a report is meant to be read (UI link, other uids)
-        os.chmod(path, 0o666 & ~umask)
     log.info("report: %s", summary)
     return {"report": str(md), "report_json": str(js), "summary": summary,
             "steps_run": sorted(n for n, s in steps.items() if s["status"] == "done")}

@@ -1,0 +1,254 @@
+"""The SSD / SSDLite MobileNet detector (Keras 3), its anchors and checkpoint loading.
+
+`build_detector(cfg)` maps float32 images [B,H,W,3] with pixel values 0..255 to
+`(box_encodings [B,N,4], class_logits [B,N,C+1])`, class 0 = background. The model rescales pixels to
+MobileNet's [-1, 1] itself, so an exported uint8 input quantizes cleanly.
+
+Architecture (classic TF OD API SSD MobileNet feature extractor, Edge-TPU-friendly ops only):
+- backbone: keras.applications MobileNet (V1) or MobileNetV2, include_top=False, weights None /
+  'imagenet' / local file; feature maps at stride 16 and 32
+  (V1: conv_pw_11_relu, conv_pw_13_relu; V2: block_13_expand_relu, out_relu);
+- extra feature maps at stride 64..512: 1x1 conv (d/2) then a stride-2 3x3 conv (d) — for SSDLite
+  a depthwise 3x3 + 1x1 conv — each with batch norm and ReLU6; depths scaled by alpha (min 16);
+- per map, box and class predictors: SSD = 3x3 conv, SSDLite = depthwise 3x3 (+BN+ReLU6) + 1x1 conv;
+  each reshaped to [B, H*W*A, 4] / [B, H*W*A, C+1] and concatenated over maps.
+Ops after int8 conversion (measured, V2 SSDLite 128): CONV_2D, DEPTHWISE_CONV_2D, ADD, MUL (the input
+rescale; Edge TPU supports Mul), RESHAPE, CONCATENATION (+ QUANTIZE/DEQUANTIZE); no tensor of rank > 4.
+Export with a STATIC batch-1 input signature: with a None batch the Keras Reshape layers add
+SHAPE / STRIDED_SLICE / PACK ops.
+
+Anchor order = prediction order: maps in order, then row, column, anchor-at-location.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgetpu_retrain.common import UserError, log
+
+BOX_SCALES = (10.0, 10.0, 5.0, 5.0)  # (y, x, h, w), FasterRcnnBoxCoder scales (== boxes.BOX_SCALES)
+FEATURE_LAYERS = {
+    "mobilenet_v1_ssd": ("conv_pw_11_relu", "conv_pw_13_relu"),
+    "mobilenet_v2_ssd": ("block_13_expand_relu", "out_relu"),
+}
+CLASS_PRIOR = 0.01  # initial foreground probability of every anchor (focal-loss style bias init)
+_FROM_CONFIG = object()
+
+
+# ------------------------------------------------------------------------------------- anchors
+def _backbone_size(base: str, size: int, stride: int) -> int:
+    """Feature-map side after `stride` in the keras.applications backbone.
+
+    MobileNetV2 pads stride-2 layers 'correctly' (ceil); MobileNet V1 pads (0,1) then a valid 3x3
+    (floor).
+    """
+    for _ in range(int(math.log2(stride))):
+        size = -(-size // 2) if base == "mobilenet_v2_ssd" else size // 2
+    return size
+
+
+def feature_map_sizes(cfg: Any) -> list[int]:
+    """Square side of every anchor-carrying feature map, in prediction order."""
+    m = cfg.model
+    sizes = [_backbone_size(m.base, m.input_size, 16), _backbone_size(m.base, m.input_size, 32)]
+    while len(sizes) < m.anchors.num_layers:
+        sizes.append(-(-sizes[-1] // 2))  # 'same' stride-2 conv
+    return sizes[: m.anchors.num_layers]
+
+
+def anchor_specs(cfg: Any) -> list[list[tuple[float, float]]]:
+    """Per feature map, the (scale, aspect_ratio) of each anchor at one location (TF OD API rules)."""
+    a = cfg.model.anchors
+    n = a.num_layers
+    scales = [a.min_scale + (a.max_scale - a.min_scale) * i / (n - 1) for i in range(n)] + [1.0]
+    specs = []
+    for i in range(n):
+        if i == 0 and a.reduce_boxes_in_lowest_layer:
+            specs.append([(0.1, 1.0), (scales[0], 2.0), (scales[0], 0.5)])
+            continue
+        layer = [(scales[i], float(r)) for r in a.aspect_ratios]
+        if a.interpolated_scale_aspect_ratio > 0:
+            layer.append((math.sqrt(scales[i] * scales[i + 1]), a.interpolated_scale_aspect_ratio))
+        specs.append(layer)
+    return specs
+
+
+def anchors(cfg: Any) -> np.ndarray:
+    """All anchors [N, 4] float32 (ycenter, xcenter, h, w), normalized, in prediction order."""
+    return _anchors_cached(tuple(feature_map_sizes(cfg)), tuple(tuple(s) for s in anchor_specs(cfg))).copy()
+
+
+@lru_cache(maxsize=16)
+def _anchors_cached(sizes: tuple[int, ...], specs: tuple[tuple[tuple[float, float], ...], ...]) -> np.ndarray:
+    out = []
+    for size, spec in zip(sizes, specs):
+        centers = (np.arange(size, dtype=np.float64) + 0.5) / size
+        yc, xc = np.meshgrid(centers, centers, indexing="ij")  # [size, size]
+        hw = np.array([[s / math.sqrt(r), s * math.sqrt(r)] for s, r in spec])  # [A, 2]
+        grid = np.zeros((size, size, len(spec), 4))
+        grid[..., 0] = yc[:, :, None]
+        grid[..., 1] = xc[:, :, None]
+        grid[..., 2] = hw[None, None, :, 0]
+        grid[..., 3] = hw[None, None, :, 1]
+        out.append(grid.reshape(-1, 4))
+    return np.concatenate(out).astype(np.float32)
+
+
+def num_anchors(cfg: Any) -> int:
+    return sum(s * s * len(spec) for s, spec in zip(feature_map_sizes(cfg), anchor_specs(cfg)))
+
+
+# --------------------------------------------------------------------------------------- model
+def _backbone(cfg: Any, weights: str | None):
+    import keras
+
+    m = cfg.model
+    shape = (m.input_size, m.input_size, 3)
+    if weights not in (None, "imagenet"):
+        path = Path(weights)
+        if not path.is_file():
+            raise UserError(f"{path}: backbone weights file not found (model.backbone_weights); give a local "
+                            f".h5/.keras file of keras.applications weights with include_top=False, "
+                            f"'imagenet', or null")
+        weights = str(path)
+    app = keras.applications.MobileNet if m.base == "mobilenet_v1_ssd" else keras.applications.MobileNetV2
+    try:
+        backbone = app(input_shape=shape, alpha=m.alpha, include_top=False, weights=weights)
+    except Exception as exc:  # download failure, unsupported alpha for imagenet, bad file
+        raise UserError(f"model.backbone_weights={weights!r}: could not build the {m.base} backbone with "
+                        f"these weights ({type(exc).__name__}: {exc}); use alpha in 0.25/0.35/0.5/0.75/1.0 for "
+                        f"'imagenet', a local include_top=False weights file, or null") from exc
+    names = FEATURE_LAYERS[m.base]
+    return keras.Model(backbone.input, [backbone.get_layer(n).output for n in names], name=f"{m.base}_backbone")
+
+
+def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, momentum: float):
+    from keras import layers
+
+    x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=momentum, epsilon=1e-3, name=f"{name}_bn")(x)
+    return layers.ReLU(6.0, name=f"{name}_relu6")(x)
+
+
+def _dw_bn(x, stride: int, name: str, momentum: float):
+    from keras import layers
+
+    x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+    x = layers.BatchNormalization(momentum=momentum, epsilon=1e-3, name=f"{name}_dw_bn")(x)
+    return layers.ReLU(6.0, name=f"{name}_dw_relu6")(x)
+
+
+def _predictor(x, outputs: int, name: str, head: str, momentum: float, bias_init: Any = "zeros"):
+    from keras import layers
+
+    if head == "ssd":
+        return layers.Conv2D(outputs, 3, padding="same", bias_initializer=bias_init, name=f"{name}_conv")(x)
+    x = _dw_bn(x, 1, name, momentum)
+    return layers.Conv2D(outputs, 1, padding="same", bias_initializer=bias_init, name=f"{name}_conv")(x)
+
+
+def build_detector(cfg: Any, *, weights: Any = _FROM_CONFIG):
+    """The SSD detector as a Keras functional model (see module docstring).
+
+    weights: backbone weights, None / 'imagenet' / local file; defaults to cfg.model.backbone_weights.
+    Raises UserError when the weights cannot be loaded (no network for 'imagenet', missing file).
+    """
+    import keras
+    from keras import layers
+
+    m = cfg.model
+    if weights is _FROM_CONFIG:
+        weights = m.backbone_weights
+    momentum = m.bn_momentum
+    num_outputs = m.num_classes + 1
+    specs = anchor_specs(cfg)
+    sizes = feature_map_sizes(cfg)
+
+    images = keras.Input((m.input_size, m.input_size, 3), dtype="float32", name="images")
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="to_minus1_1")(images)
+    backbone = _backbone(cfg, weights)
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = momentum  # pitfall 6: 0.999 leaves moving stats untrained in short runs
+    feats = list(backbone(x))
+    depth = lambda d: max(int(d * m.alpha), 16)  # noqa: E731  (TF OD API depth_multiplier, min_depth 16)
+    y = feats[-1]
+    for i, d in enumerate(m.extra_layer_depths[: m.anchors.num_layers - 2]):
+        name = f"extra_{i + 1}"
+        y = _conv_bn(y, depth(d) // 2, 1, 1, f"{name}_1x1", momentum)
+        if m.head == "ssdlite":
+            y = _dw_bn(y, 2, f"{name}_3x3s2", momentum)
+            y = _conv_bn(y, depth(d), 1, 1, f"{name}_3x3s2_pw", momentum)
+        else:
+            y = _conv_bn(y, depth(d), 3, 2, f"{name}_3x3s2", momentum)
+        feats.append(y)
+    feats = feats[: m.anchors.num_layers]
+
+    prior = -math.log((1 - CLASS_PRIOR) / CLASS_PRIOR)
+    box_outs, cls_outs = [], []
+    for i, (f, spec, size) in enumerate(zip(feats, specs, sizes)):
+        if tuple(f.shape[1:3]) != (size, size):  # pragma: no cover - guards anchors() vs the graph
+            raise RuntimeError(f"feature map {i} is {tuple(f.shape[1:3])}, anchors expect {size}x{size}")
+        a = len(spec)
+        bias = np.tile(np.array([0.0] + [prior] * m.num_classes, np.float32), a)
+        b = _predictor(f, a * 4, f"box_{i}", m.head, momentum)
+        c = _predictor(f, a * num_outputs, f"class_{i}", m.head, momentum,
+                       bias_init=keras.initializers.Constant(bias))
+        box_outs.append(layers.Reshape((size * size * a, 4), name=f"box_{i}_reshape")(b))
+        cls_outs.append(layers.Reshape((size * size * a, num_outputs), name=f"class_{i}_reshape")(c))
+    boxes = layers.Concatenate(axis=1, name="box_encodings")(box_outs)
+    logits = layers.Concatenate(axis=1, name="class_logits")(cls_outs)
+    name = f"{m.base}_{m.head}_{m.input_size}"
+    return keras.Model(images, (boxes, logits), name=name)
+
+
+def class_scores(cfg: Any, class_logits):
+    """Logits [..., C+1] -> scores [..., C+1] with the configured converter (sigmoid or softmax).
+
+    Export applies this before TFLite_Detection_PostProcess (which skips column 0, the background).
+    """
+    import tensorflow as tf
+
+    if cfg.model.score_converter == "softmax":
+        return tf.nn.softmax(class_logits, axis=-1)
+    return tf.sigmoid(class_logits)
+
+
+def resolve_checkpoint(checkpoint_path: str | os.PathLike[str]) -> str:
+    """A checkpoint prefix from a prefix, a `checkpoints/` folder, or a train output folder."""
+    import tensorflow as tf
+
+    path = Path(checkpoint_path)
+    if path.is_dir():
+        for folder in (path, path / "checkpoints"):
+            latest = tf.train.latest_checkpoint(str(folder))
+            if latest:
+                return latest
+        raise UserError(f"{path}: no checkpoint found in this folder; run `edgetpu-retrain train` first")
+    if not Path(str(path) + ".index").is_file():
+        raise UserError(f"{path}: checkpoint not found (expected {path}.index); pass the 'checkpoint' path "
+                        f"printed by `edgetpu-retrain train`")
+    return str(path)
+
+
+def load_detector(cfg: Any, checkpoint_path: str | os.PathLike[str]):
+    """Rebuild the detector from cfg (no backbone download) and restore the weights `train` saved."""
+    import tensorflow as tf
+
+    prefix = resolve_checkpoint(checkpoint_path)
+    model = build_detector(cfg, weights=None)
+    try:
+        status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
+        status.assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as exc:
+        raise UserError(f"{prefix}: checkpoint does not match the config's model ({cfg.model.base}, "
+                        f"{cfg.model.head}, alpha {cfg.model.alpha}, {cfg.model.num_classes} classes); use the "
+                        f"config the checkpoint was trained with") from exc
+    log.info("restored %s from %s", model.name, prefix)
+    return model

@@ -291,10 +291,12 @@ with DAG(
                 for arg in ("--step", f"{name}={{{{ ti.xcom_pull(task_ids={task_id!r}) | tojson }}}}")
             ),
         ],
-        # runs when the evaluations succeeded even if promote was skipped; skipped with the whole run
-        trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
     )
+    # The report is a teardown of the drop sensor: it runs once everything else is done, also after a
+    # failure (so a failed pre-flight or training is explained in plain words), is skipped with the
+    # sensor when there was nothing to train on, and does not decide the run's state.
+    report.as_teardown(setups=wait)
 
-    chain(download, wait, validate, build_dataset, render_config, train, export, tflite, edgetpu,
-          [evaluate_float, evaluate_int8], promote, report)
-    [evaluate_float, evaluate_int8] >> report
+    chain(download, wait, validate, build_dataset, render_config, train, export, tflite,
+          [edgetpu, evaluate_float, evaluate_int8], promote, report)
+    [edgetpu, evaluate_float, evaluate_int8] >> report

@@ -73,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    run_dir = common.require_dir(args.run_dir, what="run").resolve()
+    # A run that failed before its first step wrote anything has no run folder yet: report that, too.
+    run_dir = Path(args.run_dir).resolve()
     explicit = parse_step_args(args.steps)
     steps: dict[str, dict[str, Any]] = {}
     for name in STEPS:

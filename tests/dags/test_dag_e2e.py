@@ -107,12 +107,16 @@ def test_bccd_drop_through_validate_and_build_dataset(local_dag, bccd_dir) -> No
     set_ready(late, datetime.now(timezone.utc) + timedelta(days=1))  # ready after this run's cut-off
 
     subset = dag.partial_subset(task_ids=["build_dataset"], include_upstream=True)
-    assert set(subset.task_dict) == {"download", "wait_for_drop", "validate", "build_dataset"}
+    # the report is the sensor's teardown, so a partial run still explains itself
+    assert set(subset.task_dict) == {"download", "wait_for_drop", "validate", "build_dataset", "report"}
     started = time.monotonic()
     dag_run = subset.test(run_conf={"dataset_name": "bccd", "split": "0.8,0.1,0.1", "seed": 7})
     assert states(dag_run) == {
         "download": "skipped", "wait_for_drop": "success", "validate": "success", "build_dataset": "success",
+        "report": "success",
     }, states(dag_run)
+    report = json.loads(Path(result(dag_run, "report")["report_json"]).read_text())
+    assert report["steps"]["train"]["status"] == "not run"  # outside the subset
     assert time.monotonic() - started < 240
 
     source = result(dag_run, "wait_for_drop")
@@ -206,7 +210,8 @@ def test_no_ready_drop_skips_the_run(tmp_path, monkeypatch, airflow_db) -> None:
     dag = DagBag(dag_folder=str(REPO / "dags")).dags[DAG_ID]
     subset = dag.partial_subset(task_ids=["validate"], include_upstream=True)
     dag_run = subset.test()
-    assert states(dag_run) == {"download": "skipped", "wait_for_drop": "skipped", "validate": "skipped"}
+    assert states(dag_run) == {"download": "skipped", "wait_for_drop": "skipped", "validate": "skipped",
+                              "report": "skipped"}
     assert not (root / "runs").exists()
 
 
@@ -214,4 +219,5 @@ def test_missing_dataset_folder_fails_the_sensor_with_the_path(local_dag, tmp_pa
     dag, _ = local_dag
     subset = dag.partial_subset(task_ids=["validate"], include_upstream=True)
     dag_run = subset.test(run_conf={"dataset_folder": str(tmp_path / "no-such-folder")})
-    assert states(dag_run) == {"download": "skipped", "wait_for_drop": "failed", "validate": "upstream_failed"}
+    assert states(dag_run) == {"download": "skipped", "wait_for_drop": "failed", "validate": "upstream_failed",
+                              "report": "upstream_failed"}

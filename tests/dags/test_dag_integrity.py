@@ -153,9 +153,9 @@ def test_task_order(dag) -> None:
     assert edges == {
         ("download", "wait_for_drop"), ("wait_for_drop", "validate"), ("validate", "build_dataset"),
         ("build_dataset", "render_config"), ("render_config", "train"), ("train", "export"),
-        ("export", "tflite"), ("tflite", "edgetpu"), ("edgetpu", "evaluate_float"), ("edgetpu", "evaluate_int8"),
-        ("evaluate_float", "promote"), ("evaluate_int8", "promote"), ("promote", "report"),
-        ("evaluate_float", "report"), ("evaluate_int8", "report"),
+        ("export", "tflite"), ("tflite", "edgetpu"), ("tflite", "evaluate_float"), ("tflite", "evaluate_int8"),
+        ("edgetpu", "promote"), ("evaluate_float", "promote"), ("evaluate_int8", "promote"), ("promote", "report"),
+        ("edgetpu", "report"), ("evaluate_float", "report"), ("evaluate_int8", "report"), ("wait_for_drop", "report"),
     }
     topo = [t.task_id for t in dag.topological_sort()] if hasattr(dag, "topological_sort") else None
     if topo:
@@ -166,7 +166,9 @@ def test_trigger_rules_pools_and_retries(dag) -> None:
     tasks = dag.task_dict
     assert tasks["wait_for_drop"].trigger_rule == "none_failed"  # download is skipped without a manifest
     assert tasks["wait_for_drop"].mode == "reschedule" and tasks["wait_for_drop"].soft_fail is True
-    assert tasks["report"].trigger_rule == "none_failed_min_one_success"
+    # the report explains failures too: a teardown of the sensor (skipped with it, not deciding run state)
+    assert tasks["report"].is_teardown and tasks["wait_for_drop"].is_setup
+    assert tasks["report"].trigger_rule == "all_done_setup_success"
     assert tasks["train"].pool == "training" and tasks["train"].retries >= 1
     assert all(tasks[t].trigger_rule == "all_success" for t in ORDER[2:-1])
     assert all(tasks[t].skip_on_exit_code == [99] for t in ORDER if t != "wait_for_drop")

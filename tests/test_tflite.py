@@ -119,3 +119,16 @@ def test_tflite_user_errors(tmp_path, micro_snapshot):
     tf.saved_model.save(module, str(tmp_path / "plain"), signatures={"serving_default": module.__call__})
     with pytest.raises(UserError, match="no 'tflite' signature"):
         tflite.convert(tmp_path / "plain", micro_snapshot, tmp_path / "out", num_calibration=1)
+
+
+def test_edgetpu_preflight_passes_our_int8_export_and_rejects_the_float_one(tiny_tflite):
+    """Our own SSD export is what the Edge TPU needs: every op but the post-processing tail maps."""
+    from edgetpu_retrain.edgetpu import preflight
+
+    report = preflight(tiny_tflite["int8"])
+    assert report["ok"] is True, report["reasons"]
+    assert report["first_cpu_op"] is None
+    assert report["expected_cpu_ops"] == {"CUSTOM": 1, "DEQUANTIZE": 2}  # TFLite_Detection_PostProcess tail
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "CONCATENATION", "RESHAPE"} <= set(report["expected_tpu_ops"])
+    float_report = preflight(tiny_tflite["float"])
+    assert float_report["ok"] is False and float_report["reasons"]

@@ -186,11 +186,15 @@ with DAG(
         cutoff = drops.cutoff_for_run(
             run_type=dag_run.run_type, data_interval_end=dag_run.data_interval_end, run_after=dag_run.run_after
         )
+        previous = None
+        if drops.needs_new_drop(dag_run.run_type):  # nightly: wait for a drop the last run did not use
+            previous = context["ti"].xcom_pull(task_ids="wait_for_drop", include_prior_dates=True)
         found = drops.resolve_source(
             data_root=ROOT,
             cutoff=cutoff,
             run_id=dag_run.run_id,
             dataset_folder=params.get("dataset_folder") or None,
+            previous=previous,
         )
         if found and SETTINGS.runner != "local" and not drops.is_inside(found["folder"], ROOT):
             raise ValueError(
@@ -198,7 +202,8 @@ with DAG(
                 "the data root. Copy the folder under it (e.g. incoming/<name>/) and point dataset_folder there."
             )
         if found is None:
-            print(f"no drop in {ROOT}/incoming/ with a READY marker older than {cutoff.isoformat()}")
+            print(f"no new drop in {ROOT}/incoming/ with a READY marker older than {cutoff.isoformat()}"
+                  + (f" (the last run used {previous.get('drop_id')})" if isinstance(previous, dict) else ""))
         return PokeReturnValue(is_done=found is not None, xcom_value=found)
 
     wait = wait_for_drop()

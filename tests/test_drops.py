@@ -140,6 +140,26 @@ def test_resolve_source_priority(tmp_path: Path) -> None:
         drops.resolve_source(data_root=root, cutoff=T0, run_id=run_id, dataset_folder=str(tmp_path / "missing"))
 
 
+def test_scheduled_runs_wait_for_a_drop_the_last_run_did_not_use(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    make_drop(root / "incoming", "d1", T0 - timedelta(hours=1))
+    last_night = drops.resolve_source(data_root=root, cutoff=T0, run_id="scheduled__1")
+    assert drops.needs_new_drop("scheduled") and not drops.needs_new_drop("backfill")
+    assert not drops.needs_new_drop("manual") and not drops.needs_new_drop(None)
+    # the same drop (same marker time) is not new: keep waiting
+    assert drops.resolve_source(data_root=root, cutoff=T0 + timedelta(days=1), run_id="scheduled__2",
+                                previous=last_night) is None
+    # a newer drop, or the same folder marked READY again, is new
+    make_drop(root / "incoming", "d2", T0 + timedelta(hours=3))
+    got = drops.resolve_source(data_root=root, cutoff=T0 + timedelta(days=1), run_id="s3", previous=last_night)
+    assert got["drop_id"] == "d2"
+    assert not drops.same_drop(last_night, {**last_night, "ready_at": (T0 + timedelta(hours=5)).isoformat()})
+    # a folder given by the user is always used
+    own = tmp_path / "own"
+    own.mkdir()
+    assert drops.resolve_source(data_root=root, cutoff=T0, run_id="s4", dataset_folder=str(own), previous=last_night)
+
+
 def test_is_inside(tmp_path: Path) -> None:
     assert drops.is_inside(tmp_path / "a" / "b", tmp_path)
     assert drops.is_inside(tmp_path, tmp_path)

@@ -8,8 +8,11 @@ became ready. A run only sees drops whose marker is strictly older than its cut-
   past date picks the same drop it picked (or would have picked) that night;
 - manual / API runs (no logical date in Airflow 3): the run's `run_after`.
 
-Among the ready drops the newest marker wins (ties: the larger drop id). Pure functions only (stdlib):
-the DAG's sensor calls them at run time and the tests call them directly.
+Among the ready drops the newest marker wins (ties: the larger drop id). A scheduled (nightly) run
+waits for a NEWLY labeled drop: the drop the previous run trained on (same id, same marker time) does
+not count again, so nights without new labels end skipped instead of retraining the same data. Backfill
+and manual runs always take the newest ready drop, so a past date is reproduced and a click retrains.
+Pure functions only (stdlib): the DAG's sensor calls them at run time and the tests call them directly.
 """
 
 from __future__ import annotations
@@ -138,12 +141,28 @@ def is_inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> boo
     return path == root or root in path.parents
 
 
+def needs_new_drop(run_type: str | None) -> bool:
+    """Only scheduled runs insist on a drop the previous run did not train on (see module docstring)."""
+    return str(getattr(run_type, "value", run_type) or "").lower() == "scheduled"
+
+
+def same_drop(found: dict[str, Any] | None, previous: dict[str, Any] | None) -> bool:
+    """True if `found` is the drop of `previous` (a prior run's sensor result), marker time included.
+
+    Re-touching READY (or replacing the folder and writing READY again) makes the drop new again.
+    """
+    if not found or not isinstance(previous, dict) or found.get("source") != "incoming":
+        return False
+    return (previous.get("drop_id"), previous.get("ready_at")) == (found.get("drop_id"), found.get("ready_at"))
+
+
 def resolve_source(
     *,
     data_root: str | os.PathLike[str],
     cutoff: datetime,
     run_id: str,
     dataset_folder: str | None = None,
+    previous: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """What a run trains on, or None (keep waiting).
 
@@ -151,6 +170,7 @@ def resolve_source(
     2. else the newest drop under `<data_root>/incoming/` ready before `cutoff`; the version is the
        drop id. (Images fetched by the download step are unlabeled: they reach a run only after
        someone labels them and drops them into incoming/ with a READY marker.)
+    3. `previous` (scheduled runs: the last run's sensor result): its drop is not new, keep waiting.
     """
     if dataset_folder:
         path = Path(dataset_folder).expanduser()
@@ -161,4 +181,5 @@ def resolve_source(
             )
         return folder_result(path, source="dataset_folder", version=run_id)
     drop = pick_drop(find_ready_drops(Path(data_root) / INCOMING, cutoff))
-    return drop.as_result(cutoff=cutoff) if drop else None
+    found = drop.as_result(cutoff=cutoff) if drop else None
+    return None if same_drop(found, previous) else found

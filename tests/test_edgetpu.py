@@ -15,8 +15,8 @@ import struct
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
+from tflite_models import build_mini_ssd, convert
 
 from edgetpu_retrain import cli, edgetpu
 from edgetpu_retrain import tflite_model as tm
@@ -209,24 +209,6 @@ def test_tables_are_consistent():
 # ------------------------------------------------------------------------- models built in the test
 
 
-def _rep():
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        image = rng.uniform(0, 255, (1, 16, 16, 3)).astype(np.float32)
-        image[0, 0, 0], image[0, 0, 1] = 0, 255  # calibrate the full uint8 range
-        yield [image]
-
-
-def _convert(tf, converter, *, int8=True):
-    if int8:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = _rep
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.allow_custom_ops = True
-    return converter.convert()
-
-
 def _conv_net(tf, middle=None, *, batch_size=1):
     inp = tf.keras.Input((16, 16, 3), batch_size=batch_size)
     x = tf.keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
@@ -235,42 +217,6 @@ def _conv_net(tf, middle=None, *, batch_size=1):
     x = tf.keras.layers.DepthwiseConv2D(3, padding="same")(x)
     x = tf.keras.layers.Conv2D(4, 1)(x)
     return tf.keras.Model(inp, x)
-
-
-def _mini_ssd(tf):
-    """int8 conv heads -> 2 DEQUANTIZE -> CUSTOM TFLite_Detection_PostProcess (the DESIGN.md export pattern)."""
-    n, c = 32, 3
-    attrs = {
-        "max_detections": ("i", 5), "max_classes_per_detection": ("i", 1), "num_classes": ("i", c - 1),
-        "nms_score_threshold": ("f", 0.1), "nms_iou_threshold": ("f", 0.5), "y_scale": ("f", 10.0),
-        "x_scale": ("f", 10.0), "h_scale": ("f", 5.0), "w_scale": ("f", 5.0), "use_regular_nms": ("b", "false"),
-    }  # fmt: skip
-    implements = 'name: "TFLite_Detection_PostProcess" ' + " ".join(
-        f'attr {{ key: "{k}" value {{ {t}: {v} }} }}' for k, (t, v) in attrs.items()
-    )
-
-    @tf.function(experimental_implements=implements)
-    def postprocess(box_encodings, class_predictions, anchors):
-        zero = (tf.reduce_sum(box_encodings) + tf.reduce_sum(class_predictions) + tf.reduce_sum(anchors)) * 0
-        return tf.zeros([1, 5, 4]) + zero, tf.zeros([1, 5]), tf.zeros([1, 5]) + zero, tf.constant([5.0])
-
-    class Detector(tf.Module):
-        def __init__(self):
-            rng = np.random.default_rng(0)
-            self.w1 = tf.Variable(rng.normal(0, 0.1, (3, 3, 3, 8)).astype(np.float32))
-            self.wb = tf.Variable(rng.normal(0, 0.1, (1, 1, 8, 8)).astype(np.float32))
-            self.wc = tf.Variable(rng.normal(0, 0.1, (1, 1, 8, 2 * c)).astype(np.float32))
-            self.anchors = tf.constant(rng.uniform(0.1, 0.9, (n, 4)).astype(np.float32))
-
-        @tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 3], tf.float32)])
-        def __call__(self, x):
-            x = tf.nn.relu6(tf.nn.conv2d(x / 127.5 - 1, self.w1, 4, "SAME"))
-            boxes = tf.reshape(tf.nn.conv2d(x, self.wb, 1, "SAME"), [1, n, 4])
-            classes = tf.sigmoid(tf.reshape(tf.nn.conv2d(x, self.wc, 1, "SAME"), [1, n, c]))
-            return postprocess(boxes, classes, self.anchors)
-
-    det = Detector()
-    return _convert(tf, tf.lite.TFLiteConverter.from_concrete_functions([det.__call__.get_concrete_function()], det))
 
 
 def _set_op_version(data: bytes, op_name: str, version: int) -> bytes:
@@ -296,11 +242,11 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("edgetpu_models")
     built = {
-        "int8": _convert(tf, tf.lite.TFLiteConverter.from_keras_model(_conv_net(tf))),
-        "float": _convert(tf, tf.lite.TFLiteConverter.from_keras_model(_conv_net(tf)), int8=False),
-        "dynamic": _convert(tf, tf.lite.TFLiteConverter.from_keras_model(_conv_net(tf, batch_size=None))),
-        "leaky": _convert(tf, tf.lite.TFLiteConverter.from_keras_model(_conv_net(tf, tf.keras.layers.LeakyReLU(0.1)))),
-        "ssd": _mini_ssd(tf),
+        "int8": convert(tf, tf.lite.TFLiteConverter.from_keras_model(_conv_net(tf))),
+        "float": convert(tf, tf.lite.TFLiteConverter.from_keras_model(_conv_net(tf)), int8=False),
+        "dynamic": convert(tf, tf.lite.TFLiteConverter.from_keras_model(_conv_net(tf, batch_size=None))),
+        "leaky": convert(tf, tf.lite.TFLiteConverter.from_keras_model(_conv_net(tf, tf.keras.layers.LeakyReLU(0.1)))),
+        "ssd": build_mini_ssd(tf),
     }
     built["conv_v6"] = _set_op_version(built["int8"], "CONV_2D", 6)
     paths = {}

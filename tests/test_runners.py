@@ -8,26 +8,15 @@ is executed for real (a fake CLI script instead of the package).
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if "EDGETPU_TEST_AIRFLOW_HOME" not in os.environ:  # a private Airflow home, never the developer's
-    _home = tempfile.mkdtemp(prefix="edgetpu-airflow-test-")
-    os.environ["EDGETPU_TEST_AIRFLOW_HOME"] = _home
-    atexit.register(shutil.rmtree, _home, True)
-os.environ.update(
-    AIRFLOW_HOME=os.environ["EDGETPU_TEST_AIRFLOW_HOME"],
-    AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{os.environ['EDGETPU_TEST_AIRFLOW_HOME']}/airflow.db",
-    AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
-    AIRFLOW__CORE__LOAD_EXAMPLES="False",
-)
+from airflow_env import use_private_airflow_home
+
+use_private_airflow_home()  # before anything imports Airflow
 
 import pytest  # noqa: E402
 

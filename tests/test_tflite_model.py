@@ -1,7 +1,8 @@
 """tflite_model: both readers (generated schema classes, minimal struct reader) on models converted here.
 
-The models are tiny and built in the test with TF + tf.lite.TFLiteConverter (about 0.5 s each):
-a full-int8 conv net ending in the SSD post-processing custom op, and a dynamic-batch model.
+The models are tiny and built in the test with TF + tf.lite.TFLiteConverter (about 0.5 s each; the
+shared builders are in tests/tflite_models.py): a full-int8 conv net ending in the SSD post-processing
+custom op, and a dynamic-batch model.
 """
 
 from __future__ import annotations
@@ -13,70 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tflite_models import build_mini_ssd, int8_converter
 
 from edgetpu_retrain import tflite_model as tm
 
-N_ANCHORS, N_CLASSES = 32, 3  # classes incl. background
 pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")
-
-
-def _rep():
-    rng = np.random.default_rng(0)
-    for _ in range(3):
-        image = rng.uniform(0, 255, (1, 16, 16, 3)).astype(np.float32)
-        image[0, 0, 0], image[0, 0, 1] = 0, 255
-        yield [image]
-
-
-def _int8_converter(tf, converter):
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = _rep
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.uint8
-    converter.allow_custom_ops = True
-    return converter
-
-
-def build_mini_ssd(tf) -> bytes:
-    """conv -> box/class heads -> DEQUANTIZE x2 -> CUSTOM TFLite_Detection_PostProcess (stub body)."""
-    attrs = {
-        "max_detections": ("i", 5), "max_classes_per_detection": ("i", 1), "num_classes": ("i", N_CLASSES - 1),
-        "nms_score_threshold": ("f", 0.1), "nms_iou_threshold": ("f", 0.5), "y_scale": ("f", 10.0),
-        "x_scale": ("f", 10.0), "h_scale": ("f", 5.0), "w_scale": ("f", 5.0), "use_regular_nms": ("b", "false"),
-    }  # fmt: skip
-    implements = 'name: "TFLite_Detection_PostProcess" ' + " ".join(
-        f'attr {{ key: "{k}" value {{ {t}: {v} }} }}' for k, (t, v) in attrs.items()
-    )
-
-    @tf.function(experimental_implements=implements)
-    def postprocess(box_encodings, class_predictions, anchors):
-        zero = (tf.reduce_sum(box_encodings) + tf.reduce_sum(class_predictions) + tf.reduce_sum(anchors)) * 0
-        return tf.zeros([1, 5, 4]) + zero, tf.zeros([1, 5]), tf.zeros([1, 5]) + zero, tf.constant([5.0])
-
-    class Detector(tf.Module):
-        def __init__(self):
-            rng = np.random.default_rng(0)
-            self.w1 = tf.Variable(rng.normal(0, 0.1, (3, 3, 3, 8)).astype(np.float32))
-            self.wb = tf.Variable(rng.normal(0, 0.1, (1, 1, 8, 2 * 4)).astype(np.float32))
-            self.wc = tf.Variable(rng.normal(0, 0.1, (1, 1, 8, 2 * N_CLASSES)).astype(np.float32))
-            self.anchors = tf.constant(rng.uniform(0.1, 0.9, (N_ANCHORS, 4)).astype(np.float32))
-
-        @tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 3], tf.float32)])
-        def __call__(self, x):
-            x = tf.nn.relu6(tf.nn.conv2d(x / 127.5 - 1, self.w1, 4, "SAME"))
-            boxes = tf.reshape(tf.nn.conv2d(x, self.wb, 1, "SAME"), [1, N_ANCHORS, 4])
-            classes = tf.sigmoid(tf.reshape(tf.nn.conv2d(x, self.wc, 1, "SAME"), [1, N_ANCHORS, N_CLASSES]))
-            return postprocess(boxes, classes, self.anchors)
-
-    det = Detector()
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([det.__call__.get_concrete_function()], det)
-    return _int8_converter(tf, converter).convert()
 
 
 def build_dynamic_batch(tf) -> bytes:
     inp = tf.keras.Input((16, 16, 3))  # no batch_size: the batch stays dynamic
     out = tf.keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
-    return _int8_converter(tf, tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inp, out))).convert()
+    return int8_converter(tf, tf.lite.TFLiteConverter.from_keras_model(tf.keras.Model(inp, out))).convert()
 
 
 @pytest.fixture(scope="module")

@@ -305,16 +305,17 @@ def _local_class():
     return LocalStepOperator
 
 
-def _docker_class():
-    from airflow.providers.docker.operators.docker import DockerOperator
-    from docker.types import DeviceRequest
+def _container_step_base(operator: type) -> type:
+    """`_StepMixin` on a container operator (docker, kubernetes): the step arguments plus `gpu_image`.
 
-    class DockerStepOperator(_StepMixin, DockerOperator):
-        """A step in a container of the trainer (or compiler) image, data root mounted at the same path."""
+    `gpu_image` replaces the operator's image for a step that asks for a GPU. A class made per
+    operator, not a plain mixin: Airflow's operator metaclass only wraps an ``__init__`` that the
+    class itself defines (default_args, the missing-argument check), so it must sit on an operator.
+    """
 
-        template_fields = (*DockerOperator.template_fields, *_StepMixin.step_template_fields)
+    class _ContainerStepOperator(_StepMixin, operator):
+        template_fields = (*operator.template_fields, *_StepMixin.step_template_fields)
         template_ext = ()
-        ui_color = "#e3f2fd"
 
         def __init__(self, *, step_verb, step_args, step_gpu=None, step_skip_unless=None, step_settings,
                      gpu_image=None, **kwargs):
@@ -322,6 +323,18 @@ def _docker_class():
                             settings=step_settings)
             self.gpu_image = gpu_image
             super().__init__(**kwargs)
+
+    return _ContainerStepOperator
+
+
+def _docker_class():
+    from airflow.providers.docker.operators.docker import DockerOperator
+    from docker.types import DeviceRequest
+
+    class DockerStepOperator(_container_step_base(DockerOperator)):
+        """A step in a container of the trainer (or compiler) image, data root mounted at the same path."""
+
+        ui_color = "#e3f2fd"
 
         def _prepare(self, argv, gpu):
             self.command = ["bash", "-c", WRAPPER, "edgetpu-retrain-step", *CONTAINER_CLI, *argv]
@@ -339,19 +352,10 @@ def _kubernetes_class():
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
-    class KubernetesStepOperator(_StepMixin, KubernetesPodOperator):
+    class KubernetesStepOperator(_container_step_base(KubernetesPodOperator)):
         """A step in a pod of the trainer (or compiler) image, data root PVC mounted at the same path."""
 
-        template_fields = (*KubernetesPodOperator.template_fields, *_StepMixin.step_template_fields)
-        template_ext = ()
         ui_color = "#e8f5e9"
-
-        def __init__(self, *, step_verb, step_args, step_gpu=None, step_skip_unless=None, step_settings,
-                     gpu_image=None, **kwargs):
-            self._init_step(verb=step_verb, args=step_args, gpu=step_gpu, skip_unless=step_skip_unless,
-                            settings=step_settings)
-            self.gpu_image = gpu_image
-            super().__init__(**kwargs)
 
         def _prepare(self, argv, gpu):
             self.cmds = ["bash", "-c", K8S_WRAPPER, "edgetpu-retrain-step"]

@@ -48,6 +48,7 @@ def step(verb: str, *args: str, log: Path) -> tuple[dict, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="microcontroller", help="shared dataset name (microcontroller|bccd)")
+    parser.add_argument("--labelimg", type=Path, help="use this LabelImg folder instead (e.g. `demo-data` output)")
     parser.add_argument("--base-model", default="mobilenet_v2_ssd", choices=["mobilenet_v1_ssd", "mobilenet_v2_ssd"])
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--input-size", type=int, default=160, help="model.input_size")
@@ -66,7 +67,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     log = work / "steps.log"
     src = SHARED_DATASETS / args.dataset
-    images = copy_labelimg_folder(src, work / "labelimg")
+    images = args.labelimg or copy_labelimg_folder(src, work / "labelimg")
     validated, _ = step("validate", "--images", str(images), "--out", str(work / "validated"), log=log)
     ds, _ = step("build-dataset", "--validated", validated["out_dir"], "--out", str(work / "dataset"),
                  "--split", args.split, "--seed", "0", log=log)
@@ -83,13 +84,13 @@ def main() -> int:
     ev, _ = step("evaluate", "--dataset", ds["dataset_dir"], "--split", "test", "--model", exported["saved_model"],
                  "--compare", tfl["int8"], "--out", str(work / "eval.json"), log=log)
 
-    photo = sorted((src / "images").glob("*.jpg"))[0]
+    photo = sorted(Path(images).glob("*.jpg"))[0]
     pixels = decode_image(photo.read_bytes())
     size = cfg["input_size"]
     latency = {t: statistics.fmean(bench(Path(tfl["int8"]), t, resize_to_input(pixels, (size, size)), args.runs, 10))
                for t in (1, 2)}
     summary = {
-        "dataset": args.dataset, "base_model": args.base_model, "overrides": sets,
+        "dataset": str(args.labelimg or args.dataset), "base_model": args.base_model, "overrides": sets,
         "test_images": ev["images"], "train_images": ds["counts"]["train"]["images"],
         "steps": trained["steps_done"], "train_seconds": round(train_s, 1),
         "train_images_per_sec": trained["images_per_sec"], "final_loss": trained["loss"],

@@ -15,20 +15,21 @@ SHARED_DATASETS = Path(os.environ.get("EDGETPU_SHARED_DATASETS", REPO.parent / "
 SHARED_EDGETPU = SHARED_DATASETS.parent / "edgetpu"
 
 
-@pytest.fixture(scope="session")
-def bccd_dir() -> Path:
-    path = SHARED_DATASETS / "bccd"
+def _shared_dataset(name: str) -> Path:
+    path = SHARED_DATASETS / name
     if not path.is_dir():
         pytest.fail(f"{path} missing: the shared datasets must sit beside the checkout (see README)")
     return path
+
+
+@pytest.fixture(scope="session")
+def bccd_dir() -> Path:
+    return _shared_dataset("bccd")
 
 
 @pytest.fixture(scope="session")
 def microcontroller_dir() -> Path:
-    path = SHARED_DATASETS / "microcontroller"
-    if not path.is_dir():
-        pytest.fail(f"{path} missing: the shared datasets must sit beside the checkout (see README)")
-    return path
+    return _shared_dataset("microcontroller")
 
 
 @pytest.fixture(scope="session")

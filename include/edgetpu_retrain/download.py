@@ -167,34 +167,26 @@ class _State:
 # CLI
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from exc
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0 seconds")
-    return value
+def _number_flag(convert: type, *, minimum: float, strict: bool, unit: str):
+    """An argparse `type` that parses with `convert` and rejects values below (or at) `minimum`."""
+    noun = "a number of seconds" if unit else "an integer"
+    bound = f"{'>' if strict else '>='} {minimum:g}{' ' + unit if unit else ''}"
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from exc
+        if value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {bound}")
+        return value
+
+    return parse
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from exc
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0 seconds")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from exc
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
+_positive_float = _number_flag(float, minimum=0, strict=True, unit="seconds")
+_non_negative_float = _number_flag(float, minimum=0, strict=False, unit="seconds")
+_non_negative_int = _number_flag(int, minimum=0, strict=False, unit="")
 
 
 def parse_size(text: str) -> int:

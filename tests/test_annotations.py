@@ -52,6 +52,14 @@ def test_unsafe_or_broken_xml_is_rejected(data, code):
     assert issues[0].severity == "error" and issues[0].fix
 
 
+def test_oversized_xml_file_reports_its_real_size(tmp_path):
+    path = tmp_path / "big.xml"
+    path.write_bytes(b"<annotation>" + b" " * (3 * va.MAX_XML_BYTES) + b"</annotation>")
+    ann, issues = va.read_voc(path)
+    assert ann is None and [i.code for i in issues] == ["xml_too_large"]
+    assert f"is {path.stat().st_size} bytes" in issues[0].message
+
+
 def test_utf16_doctype_is_caught_after_parsing():
     data = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE a [<!ENTITY b "x">]><annotation>&b;</annotation>'.encode("utf-16")
     ann, issues = va.parse_voc(data)

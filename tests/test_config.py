@@ -87,6 +87,7 @@ def test_templates_for_both_bases(dataset_dir, tmp_path):
         ("train.augmentation=1", ["'train.augmentation' is a section", "flip"]),
         ("model.num_classes=7", ["'model.num_classes'", "'data.classes'"]),
         ("train.unmatched_threshold=0.7", ["'train.unmatched_threshold'"]),
+        ("model.score_converter=softmax", ["'train.loss' focal", "model.score_converter=sigmoid"]),
     ],
 )
 def test_set_errors_name_the_key(dataset_dir, tmp_path, capsys, item, expected):

@@ -341,6 +341,14 @@ def test_errors_name_the_file(tmp_path, bccd_validated):
     with pytest.raises(UserError, match=r"object 0: box .* inside the 640x480 image"):
         dataset.build_dataset(partial, tmp_path / "ds", workers=1)
     accepted["images"][1]["objects"][0]["xmax"] = original
+    accepted["images"][1]["objects"].append(7)
+    (partial / "accepted.json").write_text(json.dumps(accepted))
+    with pytest.raises(UserError, match=r"object \d+: 7 is not an object record; run validate first"):
+        dataset.build_dataset(partial, tmp_path / "ds", workers=1)
+    accepted["images"][1]["objects"].pop()
+    (partial / "accepted.json").write_bytes(b"\xff\xfe binary")
+    with pytest.raises(UserError, match=r"accepted\.json: not valid JSON"):
+        dataset.build_dataset(partial, tmp_path / "ds", workers=1)
     accepted["images"][0]["sha256"] = "0" * 64
     (partial / "accepted.json").write_text(json.dumps(accepted))
     with pytest.raises(UserError, match="changed since validate"):

@@ -274,6 +274,13 @@ def test_read_manifest_missing_and_binary(tmp_path: Path) -> None:
         download.read_manifest(binary)
 
 
+def test_broken_previous_report_is_ignored(tmp_path: Path) -> None:
+    report = tmp_path / download.REPORT_NAME
+    for broken in (b"{not json", b"\xff\xfe binary", b"[1, 2]"):
+        report.write_bytes(broken)
+        assert download.load_previous_report(tmp_path) == {}
+
+
 def _encoded(image: Image.Image, image_format: str) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=image_format)

@@ -215,3 +215,24 @@ def test_report_unwraps_json_string_xcom_and_nothing_to_do(full_run, capsys):
     data = json.loads((run / "r" / "report.json").read_text())["steps"]
     assert data["validate"] == {"status": "skipped", "source": "inline", "note": "no new labeled drop"}
     assert "Skipped: no new labeled drop." in (run / "r" / "report.md").read_text()
+
+
+def test_report_finds_the_dag_layout_of_failed_steps(full_run, capsys):
+    """The DAG writes runs/<id>/validation/ and runs/<id>/train/train_result.json: found without XCom."""
+    run = full_run["run"]
+    _json(run / "validation" / "validation_report.json", {
+        "summary": {"status": "failed: 3 of 4 files rejected", "accepted": 1, "rejected": 3}, "files": [
+            {"xml": "a.xml", "image": "a.jpg", "verdict": "accepted", "issues": []},
+            *({"xml": f"{n}.xml", "image": f"{n}.jpg", "verdict": "rejected", "issues": [
+                {"code": "unknown_class", "severity": "error", "message": "class 'RCB' not in the label map",
+                 "fix": "rename it to RBC", "object": 0}]} for n in "bcd")]})
+    _json(run / "train" / "train_result.json", {"checkpoint": str(run / "train/checkpoints/ckpt-6"),
+                                                "steps_done": 6, "loss": 1.25, "images_per_sec": 3.5})
+    code, _ = report(capsys, run, run / "report", "validate=null", "train=null")
+    assert code == 0
+    steps = json.loads((run / "report" / "report.json").read_text())["steps"]
+    assert steps["validate"]["status"] == "done" and steps["validate"]["rejected"] == 3
+    assert steps["validate"]["source"].endswith("validation/validation_report.json")
+    assert steps["train"]["status"] == "done" and steps["train"]["steps_done"] == 6
+    md = (run / "report" / "report.md").read_text()
+    assert "Validation status: failed: 3 of 4 files rejected." in md and "Trained 6 steps" in md

@@ -233,6 +233,22 @@ def test_nothing_usable_and_bad_out(tmp_path, capsys):
     assert code == 2 and "images folder not found" in err
 
 
+def test_converted_formats_sharing_a_stem_get_distinct_names(tmp_path, capsys):
+    from PIL import Image
+
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    Image.new("RGB", (64, 48), (200, 0, 0)).save(drop / "a.bmp")
+    Image.new("RGB", (64, 48), (0, 200, 0)).save(drop / "a.gif")
+    for name in ("a.bmp", "a.gif"):
+        (drop / f"{name}.xml").write_text(voc_xml(name, 64, 48, [("RBC", 1, 1, 30, 30)]))
+    code, result, _ = run_validate(capsys, "--images", str(drop), "--out", str(tmp_path / "v"))
+    assert code == 0 and result["accepted"] == 2
+    records = load(tmp_path / "v" / "accepted.json")["images"]
+    assert sorted(r["filename"] for r in records) == ["a.gif.png", "a.png"]
+    assert len({r["sha256"] for r in records}) == 2
+
+
 def test_separate_folders_stray_files_and_double_claims(tmp_path, bccd_dir, capsys):
     images, ann = tmp_path / "images", tmp_path / "annotations"
     for d in (images, ann):

@@ -139,14 +139,17 @@ def _flag(text: str | None) -> int:
     return 1 if value else 0
 
 
+def _too_large(size: int, source: str) -> Issue:
+    return Issue("xml_too_large", ERROR, f"{source} is {size} bytes, over the {MAX_XML_BYTES}-byte limit for one annotation",
+                 "a LabelImg XML is a few KiB: replace it with the XML LabelImg writes")
+
+
 def parse_voc(data: bytes, *, source: str = "<xml>") -> tuple[VocAnnotation | None, list[Issue]]:
     """Parse VOC XML bytes safely. Returns (annotation, issues); annotation is None when rejected."""
     from lxml import etree
 
     if len(data) > MAX_XML_BYTES:
-        return None, [Issue("xml_too_large", ERROR,
-                            f"{source} is {len(data)} bytes, over the {MAX_XML_BYTES}-byte limit for one annotation",
-                            "a LabelImg XML is a few KiB: replace it with the XML LabelImg writes")]
+        return None, [_too_large(len(data), source)]
     if _DTD_RE.search(data):
         return None, [Issue("xml_doctype", ERROR,
                             f"{source} declares a DOCTYPE or ENTITY (refused: entity expansion / external entity attacks)",
@@ -190,8 +193,8 @@ def read_voc(path: str | os.PathLike[str]) -> tuple[VocAnnotation | None, list[I
     path = Path(path)
     try:
         size = path.stat().st_size
-        if size > MAX_XML_BYTES:
-            return parse_voc(b"x" * (MAX_XML_BYTES + 1), source=path.name)
+        if size > MAX_XML_BYTES:  # refused without reading it
+            return None, [_too_large(size, path.name)]
         data = path.read_bytes()
     except OSError as exc:
         return None, [Issue("xml_unreadable", ERROR, f"{path.name} cannot be read: {exc}", "check the file's permissions")]
@@ -334,12 +337,6 @@ def check_objects(
 
 
 # ----------------------------------------------------------------------------------------- images
-def _worker_init() -> None:
-    from PIL import Image
-
-    warnings.simplefilter("error", Image.DecompressionBombWarning)
-
-
 def check_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_IMAGE_PIXELS) -> ImageInfo:
     """Hash, identify and fully decode one image. Never raises for bad files: issues say what is wrong."""
     from PIL import Image, UnidentifiedImageError

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-BOX_SCALES = (10.0, 10.0, 5.0, 5.0)  # (y, x, h, w)
+from edgetpu_retrain.model import BOX_SCALES  # (y, x, h, w) = (10, 10, 5, 5)
+
 _EPS = 1e-8
 
 IGNORE = -1  # class target of anchors in the ignore band (neither positive nor negative)

@@ -126,7 +126,7 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise UserError(f"{path}: file not found; run the step that writes it first or fix the path")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for non-UTF-8 bytes
         raise UserError(f"{path}: not valid JSON ({exc}); delete it and re-run the step that writes it") from exc
 
 

@@ -290,6 +290,10 @@ def _check(cfg: Config, source: str) -> Config:
     if cfg.train.unmatched_threshold > cfg.train.matched_threshold:
         raise UserError(f"{source}: 'train.unmatched_threshold' ({cfg.train.unmatched_threshold}) must be <= "
                         f"'train.matched_threshold' ({cfg.train.matched_threshold})")
+    if cfg.train.loss == "focal" and cfg.model.score_converter == "softmax":
+        raise UserError(f"{source}: 'train.loss' focal trains per-class sigmoid scores (the background column is "
+                        f"not trained) but 'model.score_converter' is softmax; set model.score_converter=sigmoid "
+                        f"or train.loss=hard_negative")
     if cfg.model.anchors.min_scale >= cfg.model.anchors.max_scale:
         raise UserError(f"{source}: 'model.anchors.min_scale' must be < 'model.anchors.max_scale'")
     if len(cfg.model.extra_layer_depths) < cfg.model.anchors.num_layers - 2:

@@ -45,7 +45,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from edgetpu_retrain.common import UserError, atomic_dir, dumps_json, sha256_bytes, sha256_file
+from edgetpu_retrain.common import UserError, atomic_dir, dumps_json, read_json, sha256_bytes, sha256_file
 
 log = logging.getLogger("edgetpu_retrain.dataset")
 
@@ -135,10 +135,7 @@ def load_validated(validated_dir: str | os.PathLike[str]) -> tuple[Path, list[di
     accepted_path = vdir / "accepted.json"
     if not accepted_path.is_file():
         raise UserError(f"{accepted_path}: not found; run validate first (it writes accepted.json into its --out dir)")
-    try:
-        accepted = json.loads(accepted_path.read_text(encoding="utf-8"))
-    except ValueError as exc:
-        raise UserError(f"{accepted_path}: not valid JSON ({exc}); run validate first to rewrite it") from exc
+    accepted = read_json(accepted_path)
     if not isinstance(accepted, dict) or accepted.get("version") != 1 or not isinstance(accepted.get("images"), list):
         raise UserError(f"{accepted_path}: not an accepted.json version 1 with an 'images' list; run validate first")
     label_map_path = vdir / str(accepted.get("label_map") or "label_map.pbtxt")
@@ -165,6 +162,8 @@ def load_validated(validated_dir: str | os.PathLike[str]) -> tuple[Path, list[di
         if not path.is_absolute():
             path = vdir / path
         for j, obj in enumerate(objects):
+            if not isinstance(obj, dict):
+                raise UserError(f"{accepted_path}: {name} object {j}: {obj!r} is not an object record; run validate first")
             cls = obj.get("class")
             if by_name.get(cls) != obj.get("label"):
                 raise UserError(

@@ -742,11 +742,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# The pre-flight keys of the JSON line (the per-op table stays in preflight.json); promote reads them too.
+SUMMARY_KEYS = ("ok", "reasons", "warnings", "expected_tpu_op_count", "expected_cpu_op_count", "expected_tpu_ops",
+                "expected_cpu_ops", "first_cpu_op", "compiler_target", "total_ops")  # fmt: skip
+
+
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
     """The pre-flight without its per-op table (that stays in preflight.json)."""
-    keys = ("ok", "reasons", "warnings", "expected_tpu_op_count", "expected_cpu_op_count", "expected_tpu_ops",
-            "expected_cpu_ops", "first_cpu_op", "compiler_target", "total_ops")  # fmt: skip
-    return {k: result.get(k) for k in keys}
+    return {k: result.get(k) for k in SUMMARY_KEYS}
 
 
 def _clear_previous_outputs(out_dir: Path, stem: str) -> None:

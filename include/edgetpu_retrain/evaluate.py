@@ -26,7 +26,7 @@ import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -66,24 +66,20 @@ def load_split(dataset_dir: str | Path, split: str) -> tuple[list[dict[str, Any]
     """[(id, name)] classes and the split's examples: {"filename", "width", "height", "encoded",
     "boxes" [n,4] normalized (ymin, xmin, ymax, xmax), "labels" [n] 1-based}, in TFRecord order."""
     from edgetpu_retrain import tfrecord
+    from edgetpu_retrain.tflite import split_shards
 
-    dataset_dir = Path(dataset_dir)
-    manifest_path = dataset_dir / "manifest.json"
-    manifest = common.read_json(manifest_path)
-    try:
-        classes = sorted((int(c["id"]), str(c["name"])) for c in manifest["classes"])
-        shards = manifest["tfrecords"][split]
-    except KeyError as exc:
-        available = sorted((manifest.get("tfrecords") or {}).keys())
-        raise common.UserError(f"{manifest_path}: no split '{split}' / classes ({exc}); splits here: {available}") from exc
+    shards = split_shards(dataset_dir, split)
+    manifest_path = Path(dataset_dir) / "manifest.json"
     if not shards:
         raise common.UserError(f"{manifest_path}: the '{split}' split is empty; nothing to evaluate "
                                "(choose another --split or rebuild the dataset with a non-zero ratio)")
+    try:
+        classes = sorted((int(c["id"]), str(c["name"])) for c in common.read_json(manifest_path)["classes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise common.UserError(f"{manifest_path}: missing or malformed 'classes' ({exc!r}); rebuild the dataset "
+                               "with `edgetpu-retrain build-dataset`") from exc
     examples = []
-    for rel in shards:
-        path = dataset_dir / rel
-        if not path.is_file():
-            raise common.UserError(f"{manifest_path}: {split} shard {path} is missing; rebuild the dataset")
+    for path in shards:
         for ex in tfrecord.read_examples([path]):
             boxes = np.stack([np.asarray(ex.get(f"image/object/bbox/{k}", []), np.float32)
                               for k in ("ymin", "xmin", "ymax", "xmax")], axis=-1).reshape(-1, 4)
@@ -179,19 +175,15 @@ def run_model(path: str | Path, examples: list[dict[str, Any]], *, score_thresho
 
     det = open_detector(path, num_threads=num_threads)
     outputs, times = [], []
-    for i, ex in enumerate(_images(examples, det.input_size, decode_image, resize_to_input)):
+    for i, ex in enumerate(examples):
+        image = resize_to_input(decode_image(ex["encoded"]), det.input_size)
         if i == 0:
-            det.detect(ex)  # warm-up (tracing / delegate set-up) is not latency
-        found, ms = det.timed_detect(ex)
+            det.detect(image)  # warm-up (tracing / delegate set-up) is not latency
+        found, ms = det.timed_detect(image)
         keep = found.scores >= score_threshold
         outputs.append({"boxes": found.boxes[keep], "classes": found.classes[keep], "scores": found.scores[keep]})
         times.append(ms)
     return det, outputs, float(np.mean(times)) if times else 0.0
-
-
-def _images(examples: list[dict[str, Any]], size: tuple[int, int], decode: Any, resize: Any) -> Iterator[np.ndarray]:
-    for ex in examples:
-        yield resize(decode(ex["encoded"]), size)
 
 
 def evaluate_model(path: str | Path, examples: list[dict[str, Any]], classes: list[tuple[int, str]], *,

@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 SIGNATURE = "serving_default"
 TFLITE_SIGNATURE = "tflite"
 INPUT_NAME = "images"
-OUTPUT_NAMES = ("boxes", "classes", "scores", "count")
 # pycoral's order: output_0..output_3 of the `tflite` signature and the .tflite output tensors.
 PYCORAL_ORDER = ("count", "scores", "classes", "boxes")
 
@@ -93,6 +92,7 @@ def build_archive(
     import numpy as np
     import tensorflow as tf
 
+    from edgetpu_retrain.model import class_scores
     from edgetpu_retrain.postprocess import make_postprocess_fn
 
     height, width = input_size
@@ -104,10 +104,7 @@ def build_archive(
     def detect(x: Any) -> tuple[Any, Any, Any, Any]:
         box_encodings, class_logits = detector(x, training=False)
         # background stays in column 0 for the op (which skips it)
-        if score_converter == "softmax":
-            class_predictions = tf.nn.softmax(class_logits, axis=-1)
-        else:
-            class_predictions = tf.sigmoid(class_logits)
+        class_predictions = class_scores(score_converter, class_logits)
         return postprocess(box_encodings, class_predictions, tf.constant(anchors))
 
     def serving_default(images: Any) -> dict[str, Any]:
@@ -126,17 +123,10 @@ def build_archive(
 
 
 def archive_details(archive: Any) -> dict[str, Any]:
-    """Signature details straight from the archive's traced endpoints (no SavedModel reload)."""
+    """{signature: {"inputs": {name: [shape, dtype]}, "outputs": {...}}} from the archive's traced
+    endpoints (no SavedModel reload)."""
     return {name: _fn_details(getattr(archive._tf_trackable, name).get_concrete_function())  # noqa: SLF001
             for name in sorted((SIGNATURE, TFLITE_SIGNATURE))}
-
-
-def signature_details(saved_model_dir: str | Path) -> dict[str, Any]:
-    """{signature: {"inputs": {name: [shape, dtype]}, "outputs": {...}}} read back from a SavedModel."""
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(str(saved_model_dir))
-    return {key: _fn_details(loaded.signatures[key]) for key in sorted(loaded.signatures.keys())}
 
 
 def _fn_details(fn: Any) -> dict[str, Any]:
@@ -172,8 +162,7 @@ def export_detector(
         anchors = model_lib.anchors(cfg)
     anchors = np.asarray(anchors, dtype=np.float32)
     params = params if params is not None else params_from_config(cfg)
-    size = cfg.model.input_size
-    input_size = (int(size[0]), int(size[1])) if isinstance(size, (list, tuple)) else (int(size), int(size))
+    input_size = (int(cfg.model.input_size), int(cfg.model.input_size))  # square (config.ModelConfig)
 
     box_shape = logit_shape = None
     if len(getattr(detector, "outputs", None) or ()) == 2:

@@ -13,34 +13,14 @@ from typing import Any
 import tensorflow as tf
 
 from edgetpu_retrain import augment, boxes
-
-_FEATURES = {
-    "image/encoded": tf.io.FixedLenFeature([], tf.string),
-    "image/object/bbox/xmin": tf.io.VarLenFeature(tf.float32),
-    "image/object/bbox/xmax": tf.io.VarLenFeature(tf.float32),
-    "image/object/bbox/ymin": tf.io.VarLenFeature(tf.float32),
-    "image/object/bbox/ymax": tf.io.VarLenFeature(tf.float32),
-    "image/object/class/label": tf.io.VarLenFeature(tf.int64),
-}
+from edgetpu_retrain.tfrecord import parse_example
 
 
 def parse_record(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """One serialized Example -> (image uint8 [H,W,3], boxes [M,4] (ymin,xmin,ymax,xmax), labels [M] int32)."""
-    try:
-        from edgetpu_retrain.tfrecord import parse_example
-    except ImportError:  # pragma: no cover - the shared parser is part of the package
-        parse_example = None
-    if parse_example is not None:
-        ex = parse_example(serialized, decode_image=True)
-        image, box, label = ex["image"], ex["boxes"], ex["labels"]
-    else:  # pragma: no cover
-        ex = tf.io.parse_single_example(serialized, _FEATURES)
-        dense = {k: tf.sparse.to_dense(v) if isinstance(v, tf.SparseTensor) else v for k, v in ex.items()}
-        box = tf.stack([dense[f"image/object/bbox/{k}"] for k in ("ymin", "xmin", "ymax", "xmax")], axis=-1)
-        label = dense["image/object/class/label"]
-        image = tf.io.decode_image(dense["image/encoded"], channels=3, expand_animations=False)
-    image = tf.ensure_shape(image, [None, None, 3])
-    return image, tf.reshape(tf.cast(box, tf.float32), [-1, 4]), tf.cast(label, tf.int32)
+    ex = parse_example(serialized, decode_image=True)
+    image = tf.ensure_shape(ex["image"], [None, None, 3])
+    return image, tf.reshape(tf.cast(ex["boxes"], tf.float32), [-1, 4]), tf.cast(ex["labels"], tf.int32)
 
 
 def pad_boxes(box: tf.Tensor, label: tf.Tensor, max_boxes: int) -> tuple[tf.Tensor, tf.Tensor]:

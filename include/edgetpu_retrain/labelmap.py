@@ -256,10 +256,6 @@ def canonical_names(counts: Mapping[str, int]) -> tuple[list[str], list[str]]:
     return sorted(chosen), sorted(variants)
 
 
-def names_by_id(items: Iterable[LabelItem]) -> list[str]:
-    return [it.name for it in sorted(items, key=lambda it: it.id)]
-
-
 def to_json(items: Iterable[LabelItem]) -> list[dict[str, object]]:
     out: list[dict[str, object]] = []
     for it in sorted(items, key=lambda it: it.id):

@@ -32,7 +32,7 @@ import numpy as np
 
 from edgetpu_retrain.common import UserError, log
 
-BOX_SCALES = (10.0, 10.0, 5.0, 5.0)  # (y, x, h, w), FasterRcnnBoxCoder scales (== boxes.BOX_SCALES)
+BOX_SCALES = (10.0, 10.0, 5.0, 5.0)  # (y, x, h, w), FasterRcnnBoxCoder scales (boxes/postprocess import it)
 FEATURE_LAYERS = {
     "mobilenet_v1_ssd": ("conv_pw_11_relu", "conv_pw_13_relu"),
     "mobilenet_v2_ssd": ("block_13_expand_relu", "out_relu"),
@@ -208,14 +208,14 @@ def build_detector(cfg: Any, *, weights: Any = _FROM_CONFIG):
     return keras.Model(images, (boxes, logits), name=name)
 
 
-def class_scores(cfg: Any, class_logits):
-    """Logits [..., C+1] -> scores [..., C+1] with the configured converter (sigmoid or softmax).
+def class_scores(score_converter: str, class_logits):
+    """Logits [..., C+1] -> scores [..., C+1] with model.score_converter ('sigmoid' or 'softmax').
 
     Export applies this before TFLite_Detection_PostProcess (which skips column 0, the background).
     """
     import tensorflow as tf
 
-    if cfg.model.score_converter == "softmax":
+    if score_converter == "softmax":
         return tf.nn.softmax(class_logits, axis=-1)
     return tf.sigmoid(class_logits)
 

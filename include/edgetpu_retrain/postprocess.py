@@ -30,8 +30,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from edgetpu_retrain.model import BOX_SCALES as DEFAULT_SCALES  # (y, x, h, w); model.py imports no TF
+
 OP_NAME = "TFLite_Detection_PostProcess"
-DEFAULT_SCALES = (10.0, 10.0, 5.0, 5.0)
 # The custom op's own default; the converter drops the attribute, so this is what TFLite always uses.
 OP_DETECTIONS_PER_CLASS = 100
 
@@ -105,10 +106,8 @@ def params_from_config(cfg: Any) -> PostprocessParams:
                 return getattr(post, name)
         return default
 
-    from edgetpu_retrain import model as model_lib  # light: model.py keeps TF imports inside functions
     from edgetpu_retrain.common import UserError
 
-    scales = tuple(float(s) for s in getattr(model_lib, "BOX_SCALES", DEFAULT_SCALES))
     per_class = int(pick("detections_per_class", default=OP_DETECTIONS_PER_CLASS))
     if bool(pick("use_regular_nms", default=False)) and per_class != OP_DETECTIONS_PER_CLASS:
         raise UserError(
@@ -127,23 +126,19 @@ def params_from_config(cfg: Any) -> PostprocessParams:
         use_regular_nms=bool(pick("use_regular_nms", default=False)),
         nms_score_threshold=float(pick("nms_score_threshold", "score_threshold", default=1e-8)),
         nms_iou_threshold=float(pick("nms_iou_threshold", "iou_threshold", default=0.6)),
-        scales=scales,  # type: ignore[arg-type]
+        scales=DEFAULT_SCALES,
         detections_per_class=OP_DETECTIONS_PER_CLASS,
     )
 
 
 def decode_boxes(box_encodings: Any, anchors: Any, scales: tuple[float, float, float, float] = DEFAULT_SCALES) -> Any:
-    """[N,4] (ty, tx, th, tw) + anchors [N,4] (ycenter, xcenter, h, w) -> [N,4] (ymin, xmin, ymax, xmax)."""
-    import tensorflow as tf
+    """[N,4] (ty, tx, th, tw) + anchors [N,4] (ycenter, xcenter, h, w) -> [N,4] (ymin, xmin, ymax, xmax).
 
-    y_scale, x_scale, h_scale, w_scale = (float(s) for s in scales)
-    ty, tx, th, tw = tf.unstack(box_encodings, axis=-1)
-    ya, xa, ha, wa = tf.unstack(anchors, axis=-1)
-    ycenter = ty / y_scale * ha + ya
-    xcenter = tx / x_scale * wa + xa
-    half_h = 0.5 * tf.exp(th / h_scale) * ha
-    half_w = 0.5 * tf.exp(tw / w_scale) * wa
-    return tf.stack([ycenter - half_h, xcenter - half_w, ycenter + half_h, xcenter + half_w], axis=-1)
+    The training box coder's decode (`boxes.decode`), so the SavedModel and training agree by construction.
+    """
+    from edgetpu_retrain import boxes
+
+    return boxes.decode(box_encodings, anchors, tuple(float(v) for v in scales))
 
 
 def make_postprocess_fn(params: PostprocessParams) -> Any:

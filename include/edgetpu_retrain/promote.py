@@ -46,6 +46,7 @@ from typing import Any
 
 from edgetpu_retrain import common
 from edgetpu_retrain.common import UserError
+from edgetpu_retrain.edgetpu import COMPILER_STDOUT, SUMMARY_KEYS, parse_compiler_output
 
 log = logging.getLogger(__name__)
 
@@ -241,32 +242,17 @@ def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ op coverage
-# Key names follow the edgetpu step's compiler figures (edgetpu.parse_compiler_output).
-_LOG_PATTERNS = {
-    "ops_on_tpu": re.compile(r"Number of operations that will run on Edge TPU:\s*(\d+)"),
-    "ops_on_cpu": re.compile(r"Number of operations that will run on CPU:\s*(\d+)"),
-    "total_ops": re.compile(r"Total number of operations:\s*(\d+)"),
-    "tpu_subgraphs": re.compile(r"Number of Edge TPU subgraphs:\s*(\d+)"),
-}
-_OP_ROW = re.compile(r"^([A-Z][A-Z0-9_]+)\s+(\d+)\s+(\S.*?)\s*$", re.M)
-COMPILER_STDOUT = "edgetpu_compiler.txt"  # where the edgetpu step keeps the compiler's stdout
-PREFLIGHT_KEYS = ("warnings", "expected_tpu_op_count", "expected_cpu_op_count", "expected_tpu_ops",
-                  "expected_cpu_ops", "first_cpu_op", "compiler_target", "total_ops")
+PREFLIGHT_KEYS = tuple(k for k in SUMMARY_KEYS if k not in ("ok", "reasons"))  # the card's preflight_details
+_LOG_KEYS = ("ops_on_tpu", "ops_on_cpu", "total_ops", "tpu_subgraphs", "op_table")
 
 
 def parse_compiler_log(text: str) -> dict[str, Any]:
-    """Figures from `edgetpu_compiler -s` stdout: op counts and the `Operator Count Status` table."""
-    out: dict[str, Any] = {}
-    for key, pattern in _LOG_PATTERNS.items():
-        m = pattern.search(text)
-        if m:
-            out[key] = int(m.group(1))
-    table = text.split("\nOperator", 1)[1] if "\nOperator" in text else ""
-    rows = [{"op": m.group(1), "count": int(m.group(2)), "status": m.group(3),
-             "mapped": m.group(3).startswith("Mapped to Edge TPU")} for m in _OP_ROW.finditer(table)]
-    if rows:
-        out["op_table"] = rows
-    return out
+    """Op counts and the `Operator Count Status` table of `edgetpu_compiler -s` stdout (only those found).
+
+    The parsing itself is the edgetpu step's (`edgetpu.parse_compiler_output`), so the key names match.
+    """
+    figures = parse_compiler_output(text)
+    return {k: figures[k] for k in _LOG_KEYS if figures[k] not in (None, [])}
 
 
 def _read_log(value: str) -> str:

@@ -17,7 +17,7 @@ Step names: validate, dataset (alias build-dataset), config (render-config), tra
 edgetpu, evaluate-float, evaluate-int8 (alias evaluate), promote. `_` and `-` are interchangeable.
 
 Writes OUT/report.md and OUT/report.json (canonical JSON, no timestamps: the same inputs give the same
-bytes). JSON line: report, report_json, summary.
+bytes). JSON line: report, report_json, summary, steps_run.
 """
 
 from __future__ import annotations
@@ -42,10 +42,11 @@ ALIASES = {
     "training": "train",
 }
 WELL_KNOWN: dict[str, tuple[str, ...]] = {
-    "validate": ("validate.json", "validation_report.json", "validate/validation_report.json"),
+    "validate": ("validate.json", "validation_report.json", "validation/validation_report.json",
+                 "validate/validation_report.json"),
     "dataset": ("dataset.json", "build-dataset.json", "manifest.json", "dataset/manifest.json"),
     "config": ("config.json", "render-config.json", "config.yaml", "config.yml", "pipeline.yaml"),
-    "train": ("train.json", "training.json", "train/train.json"),
+    "train": ("train.json", "training.json", "train/train_result.json", "train/train.json"),
     "export": ("export.json", "saved_model"),
     "tflite": ("tflite.json", "model_int8.tflite", "tflite/model_int8.tflite"),
     "edgetpu": ("edgetpu.json", "edgetpu/preflight.json", "preflight.json"),
@@ -367,7 +368,8 @@ def edgetpu_advice(reasons: list[str], compiled: Any, coverage: dict[str, Any] |
         advice.append("Apply the fix given with each reason above, then re-run the tflite and edgetpu steps.")
     if re.search(r"version '?\d+'? is newer|op version|opcode .*version|version .*(not|cannot).*pars", text):
         advice.append("An op version is newer than Edge TPU compiler 16 accepts: convert with the pinned "
-                      "converter settings (see DESIGN.md 'Op versions') and re-run tflite and edgetpu.")
+                      "converter settings (preflight.json lists each op's highest accepted version) and re-run "
+                      "tflite and edgetpu.")
     if re.search(r"not (fully )?(8-bit |int8 )?quantized|float32|float16|\bfloat (input|output|tensor|weight)", text):
         advice.append("The model is not fully int8: re-run the tflite step with a representative dataset "
                       "(full-integer quantization, uint8 input).")

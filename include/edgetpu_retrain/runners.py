@@ -188,12 +188,7 @@ def from_step(task_id: str, key: str) -> str:
     return f"{{{{ ti.xcom_pull(task_ids={task_id!r}) | step_field({task_id!r}, {key!r}) }}}}"
 
 
-def fromjson(value: Any) -> Any:
-    """Jinja filter: JSON text -> object (objects pass through), for templates reading XCom."""
-    return parse_result(value)
-
-
-JINJA_FILTERS = {"step_field": step_field, "fromjson": fromjson}
+JINJA_FILTERS = {"step_field": step_field}
 
 
 # ------------------------------------------------------------------------------------ settings

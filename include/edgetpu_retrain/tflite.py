@@ -32,13 +32,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgetpu_retrain import common
+from edgetpu_retrain.export import PYCORAL_ORDER as OUTPUT_ORDER  # (count, scores, classes, boxes)
+from edgetpu_retrain.export import TFLITE_SIGNATURE
+from edgetpu_retrain.postprocess import OP_NAME as CUSTOM_OP
 
 log = logging.getLogger(__name__)
 
-TFLITE_SIGNATURE = "tflite"  # == export.TFLITE_SIGNATURE (not imported: keeps this module light)
-OUTPUT_ORDER = ("count", "scores", "classes", "boxes")
 OUTPUT_KEYS = ("output_0", "output_1", "output_2", "output_3")
-CUSTOM_OP = "TFLite_Detection_PostProcess"
 INT8_NAME = "model_int8.tflite"
 FLOAT_NAME = "model_float.tflite"
 
@@ -65,20 +65,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------- calibration
-def train_shards(dataset_dir: str | Path, split: str = "train") -> list[Path]:
-    dataset_dir = Path(dataset_dir)
-    manifest_path = dataset_dir / "manifest.json"
+def split_shards(dataset_dir: str | Path, split: str) -> list[Path]:
+    """The dataset snapshot's TFRecord shards of one split, in manifest.json order (maybe none); UserError
+    when the manifest has no such split or a shard is missing. Shared by calibration and `evaluate`."""
+    manifest_path = Path(dataset_dir) / "manifest.json"
     manifest = common.read_json(manifest_path)
-    try:
-        rel = manifest["tfrecords"][split]
-    except (KeyError, TypeError) as exc:
-        raise common.UserError(f"{manifest_path}: no tfrecords for split '{split}'; rebuild the dataset") from exc
-    shards = [dataset_dir / r for r in rel]
+    tfrecords = manifest.get("tfrecords") if isinstance(manifest, dict) else None
+    tfrecords = tfrecords if isinstance(tfrecords, dict) else {}
+    if not isinstance(tfrecords.get(split), list):
+        raise common.UserError(f"{manifest_path}: no tfrecords for split '{split}' (splits here: {sorted(tfrecords)}); "
+                               "choose another split or rebuild the dataset")
+    shards = [Path(dataset_dir) / r for r in tfrecords[split]]
     for shard in shards:
         if not shard.is_file():
             raise common.UserError(f"{manifest_path}: {split} shard {shard} is missing; rebuild the dataset")
+    return shards
+
+
+def train_shards(dataset_dir: str | Path, split: str = "train") -> list[Path]:
+    shards = split_shards(dataset_dir, split)
     if not shards:
-        raise common.UserError(f"{manifest_path}: the {split} split is empty; calibration needs images from it")
+        raise common.UserError(f"{Path(dataset_dir) / 'manifest.json'}: the {split} split is empty; calibration "
+                               "needs images from it")
     return shards
 
 

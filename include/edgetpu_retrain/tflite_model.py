@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import struct
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -156,9 +156,6 @@ class TFLiteModel:
         for op in self.ops:
             seen.setdefault(op.label, set()).add(op.version)
         return {k: sorted(v) for k, v in sorted(seen.items())}
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def builtin_name(code: int) -> str:

@@ -23,11 +23,12 @@ image/object/view (the VOC pose).
 
 from __future__ import annotations
 
-import hashlib
 import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from edgetpu_retrain.common import sha256_bytes
 
 # ---------------------------------------------------------------------------------------------------
 # CRC32C (Castagnoli), as TFRecord framing uses it.
@@ -306,7 +307,7 @@ def example_features(record: Mapping[str, Any], image_bytes: bytes, *, sha256: s
     if fmt == "jpg":
         fmt = "jpeg"
     filename = str(record["filename"])
-    digest = sha256 or hashlib.sha256(image_bytes).hexdigest()
+    digest = sha256 or sha256_bytes(image_bytes)
     return {
         "image/encoded": ("bytes", [image_bytes]),
         "image/format": ("bytes", [fmt]),

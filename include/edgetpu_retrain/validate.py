@@ -19,7 +19,7 @@ Policies (box/XML rules: see annotations.py):
   to RGB ("convert", default: alpha dropped, PNG stays PNG, JPEG becomes RGB JPEG quality 95) into
   OUT/converted/<same name>, a warning, and accepted.json points there; "reject" rejects them.
   BMP/GIF/TIFF/WEBP are converted the same way to RGB PNG named <stem>.png (first frame; <name>.png
-  if <stem>.png already exists); accepted.json's `filename` is then the PNG's name.
+  if <stem>.png already exists or an earlier image took it); accepted.json's `filename` is then the PNG's name.
 - XML <size> must equal the decoded size (else rejected with both sizes); a missing/zero <size> is a
   warning and the real size is used.
 - Byte-identical images (sha256): same labels -> the first (by name) is kept, the others rejected as
@@ -215,14 +215,15 @@ def _check_images(paths: list[Path], workers: int) -> list[va.ImageInfo]:
         from concurrent.futures import ProcessPoolExecutor
 
         try:
-            with ProcessPoolExecutor(max_workers=workers, initializer=va._worker_init) as pool:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
                 return list(pool.map(va.check_image, paths, chunksize=8))
         except (AssertionError, OSError, RuntimeError) as exc:  # e.g. inside a daemonic worker process
             log.warning("validate: process pool unavailable (%s); decoding in this process", exc)
     return [va.check_image(p) for p in paths]
 
 
-def _image_issues(entry: Entry, args: argparse.Namespace, all_names: set[str]) -> None:
+def _image_issues(entry: Entry, args: argparse.Namespace, taken: set[str]) -> None:
+    """`taken`: lower-case input image names plus PNG names already given to converted images (updated)."""
     info = entry.info
     assert info is not None
     entry.issues.extend(info.issues)
@@ -241,7 +242,8 @@ def _image_issues(entry: Entry, args: argparse.Namespace, all_names: set[str]) -
             entry.converted_name = info.name
             if other_format:
                 stem_png = f"{Path(info.name).stem}.png"
-                entry.converted_name = info.name + ".png" if stem_png.lower() in all_names else stem_png
+                entry.converted_name = info.name + ".png" if stem_png.lower() in taken else stem_png
+                taken.add(entry.converted_name.lower())  # a.bmp and a.gif must not both become a.png
             target = "RGB JPEG (quality 95)" if info.format == "jpeg" else "RGB PNG (lossless)"
             notes = []
             if "A" in (info.mode or "") or (info.mode or "").startswith("P"):
@@ -412,9 +414,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     todo = [e for e in entries if not e.rejected and e.image]
     log.info("validate: %d XML, %d images; decoding %d images with %d worker(s)", len(xmls), len(images), len(todo), args.workers)
+    taken = {n.lower() for n in images}
     for entry, info in zip(todo, _check_images([images_dir / e.image for e in todo], args.workers)):  # type: ignore[operator]
         entry.info = info
-        _image_issues(entry, args, {n.lower() for n in images})
+        _image_issues(entry, args, taken)
 
     items, lm_source, appended = _resolve_label_map(entries, args)
     label_ids = {it.name: it.id for it in items}

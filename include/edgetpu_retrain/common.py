@@ -47,6 +47,11 @@ class NothingToDo(Exception):
     """No new work (e.g. no new labeled drop): exit code 99, which the DAG maps to a skipped task."""
 
 
+def is_none(value: Any) -> bool:
+    """True for None and for the strings a templated CLI flag uses to mean "no value" ('', none, null)."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in {"", "none", "null"})
+
+
 def sha256_file(path: str | os.PathLike[str], *, chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks so large images do not load twice into memory."""
     digest = hashlib.sha256()

@@ -59,7 +59,6 @@ CURRENT = "current"
 VERSION_RE = re.compile(r"^\d{4,}$")
 # Exact-equality slack for floats that went through JSON (0.51 - 0.01 must still pass for 0.50).
 EPS = 1e-9
-NONE_VALUES = {"", "none", "null"}
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -151,9 +150,6 @@ def load_eval(path: str | os.PathLike[str], *, metric: str | None) -> dict[str, 
     return {"path": str(Path(path).resolve()), "data": data}
 
 
-def _none(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip().lower() in NONE_VALUES)
-
 
 def load_edgetpu(edgetpu_dir: str | None, preflight: str | None, compiled: str | None,
                  tflite: Path) -> dict[str, Any]:
@@ -195,12 +191,12 @@ def load_edgetpu(edgetpu_dir: str | None, preflight: str | None, compiled: str |
 
     compiled_path: Path | None = None
     if compiled is not None:  # the flag wins, '' / None / null = explicitly not compiled
-        if not _none(compiled):
+        if not common.is_none(compiled):
             compiled_path = Path(compiled).resolve()
             if not compiled_path.is_file():
                 raise UserError(f"{compiled_path}: compiled Edge TPU model not found; pass the edgetpu step's "
                                 "'compiled' path, or --compiled None if it did not compile")
-    elif not _none(data.get("compiled")):
+    elif not common.is_none(data.get("compiled")):
         compiled_path = _resolve(str(data["compiled"]), preflight_path.parent)
         if not compiled_path.is_file():
             raise UserError(f"{preflight_path}: 'compiled' names {compiled_path}, which does not exist; "

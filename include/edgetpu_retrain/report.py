@@ -59,7 +59,6 @@ TITLES = {
     "export": "Export", "tflite": "TFLite conversion", "edgetpu": "Edge TPU",
     "evaluate-float": "Accuracy (float)", "evaluate-int8": "Accuracy (int8)", "promote": "Promotion",
 }
-NONE_VALUES = {"", "none", "null"}
 # A float -> int8 mAP@0.5 drop above this gets a "what to do" line.
 BIG_DROP = 0.05
 
@@ -118,13 +117,10 @@ def parse_step_args(values: list[str]) -> dict[str, str]:
     return out
 
 
-def _is_none(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and value.strip().lower() in NONE_VALUES)
-
 
 def load_explicit(name: str, value: str) -> dict[str, Any]:
     """{status, source, data} from one --step value (inline JSON or a path)."""
-    if _is_none(value):
+    if common.is_none(value):
         return {"status": "not run", "source": None, "note": "the step passed no result (skipped upstream?)"}
     text = value.strip()
     if text[:1] == '"':  # `| tojson` of an XCom that is the raw JSON line (a string): unwrap once
@@ -401,7 +397,7 @@ def _edgetpu(data: dict[str, Any], base: str | None) -> dict[str, Any]:
     reasons = pre.get("reasons") or []
     reasons = [reasons] if isinstance(reasons, str) else [str(r) for r in reasons]
     compiled = data.get("compiled")
-    compiled = None if _is_none(compiled) else compiled
+    compiled = None if common.is_none(compiled) else compiled
     compiler = data.get("compiler") if isinstance(data.get("compiler"), dict) else None
     folder = data.get("out_dir") or base  # the edgetpu step's folder: compiled model + compiler stdout
     if folder and Path(folder).is_dir():

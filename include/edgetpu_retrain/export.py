@@ -76,10 +76,6 @@ def labels_txt(pairs: list[tuple[int, str]]) -> str:
     return "".join(f"{i - 1} {name}\n" for i, name in pairs)
 
 
-def label_map_pbtxt(pairs: list[tuple[int, str]]) -> str:
-    return "".join(f'item {{\n  id: {i}\n  name: "{name}"\n}}\n' for i, name in pairs)
-
-
 def build_archive(
     detector: Any, anchors: Any, params: Any, input_size: tuple[int, int], score_converter: str = "sigmoid"
 ) -> Any:
@@ -190,7 +186,10 @@ def export_detector(
         if label_map and Path(label_map).is_file():
             shutil.copyfile(label_map, tmp / "label_map.pbtxt")
         else:
-            (tmp / "label_map.pbtxt").write_text(label_map_pbtxt(pairs), encoding="utf-8")
+            from edgetpu_retrain.labelmap import LabelItem, format_label_map
+
+            items = [LabelItem(id=i, name=name) for i, name in pairs]
+            (tmp / "label_map.pbtxt").write_text(format_label_map(items), encoding="utf-8")
         (tmp / "labels.txt").write_text(labels_txt(pairs), encoding="utf-8")
         details = archive_details(archive)
         _check_signature(details, input_size, params.max_detections)  # before the rename publishes it

@@ -180,10 +180,8 @@ def load_edgetpu(edgetpu_dir: str | None, preflight: str | None, compiled: str |
     if isinstance(reasons, str):
         reasons = [reasons]
     compiler = data.get("compiler") if isinstance(data.get("compiler"), dict) else None
-    stdout = folder / COMPILER_STDOUT
-    if compiler is None and stdout.is_file():  # the edgetpu step keeps the compiler's stdout here
-        compiler = {**parse_compiler_log(stdout.read_text(encoding="utf-8", errors="replace")),
-                    "stdout": str(stdout.resolve())}
+    if compiler is None:
+        compiler = compiler_from_folder(folder)
 
     def _resolve(value: str, base: Path) -> Path:
         p = Path(value)
@@ -240,6 +238,15 @@ def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------ op coverage
 PREFLIGHT_KEYS = tuple(k for k in SUMMARY_KEYS if k not in ("ok", "reasons"))  # the card's preflight_details
 _LOG_KEYS = ("ops_on_tpu", "ops_on_cpu", "total_ops", "tpu_subgraphs", "op_table")
+
+
+def compiler_from_folder(folder: str | Path) -> dict[str, Any] | None:
+    """Compiler figures from the stdout the edgetpu step keeps in its folder, or None if it did not run."""
+    stdout = Path(folder) / COMPILER_STDOUT
+    if not stdout.is_file():
+        return None
+    return {**parse_compiler_log(stdout.read_text(encoding="utf-8", errors="replace")),
+            "stdout": str(stdout.resolve())}
 
 
 def parse_compiler_log(text: str) -> dict[str, Any]:

@@ -387,7 +387,7 @@ def edgetpu_advice(reasons: list[str], compiled: Any, coverage: dict[str, Any] |
 
 
 def _edgetpu(data: dict[str, Any], base: str | None) -> dict[str, Any]:
-    from edgetpu_retrain.promote import COMPILER_STDOUT, op_coverage, parse_compiler_log
+    from edgetpu_retrain.promote import compiler_from_folder, op_coverage
 
     pre = data.get("preflight") if isinstance(data.get("preflight"), dict) else data
     if not isinstance(pre.get("ok"), bool) and isinstance(data.get("preflight"), str):
@@ -404,10 +404,8 @@ def _edgetpu(data: dict[str, Any], base: str | None) -> dict[str, Any]:
         if compiled is None and "compiled" not in data:
             found = sorted(Path(folder).glob("*_edgetpu.tflite"))
             compiled = str(found[0]) if len(found) == 1 else None
-        stdout = Path(folder) / COMPILER_STDOUT
-        if compiler is None and stdout.is_file():
-            compiler = {**parse_compiler_log(stdout.read_text(encoding="utf-8", errors="replace")),
-                        "stdout": str(stdout)}
+        if compiler is None:
+            compiler = compiler_from_folder(folder)
     coverage = op_coverage(compiler, pre)
     return {"preflight_ok": ok, "reasons": reasons, "compiled": compiled,
             "compiled_bytes": _size(compiled) if isinstance(compiled, str) else None,

@@ -61,7 +61,7 @@ def main() -> int:
 
     from bench_latency import bench
     from conftest import SHARED_DATASETS, copy_labelimg_folder
-    from edgetpu_retrain.detector_runtime import decode_image, resize_to_input
+    from edgetpu_retrain.evaluate.runtime import decode_image, resize_to_input
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_accuracy_"))
     work.mkdir(parents=True, exist_ok=True)

@@ -69,7 +69,8 @@ def copy_bccd(dst: Path, repeat: int) -> int:
 
 
 def compare_writers(validated: Path, tmp: Path) -> None:
-    from edgetpu_retrain import dataset, tfrecord
+    from edgetpu_retrain.data import dataset
+    from edgetpu_retrain.data import tfrecord
 
     _, images, _, _ = dataset.load_validated(validated)
     blobs = [(rec, Path(rec["path"]).read_bytes()) for rec in images]

@@ -37,7 +37,7 @@ def default_image() -> Path:
 def bench(path: Path, threads: int, image: np.ndarray, runs: int, warmup: int) -> list[float]:
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgetpu_retrain.detector_runtime import TFLiteDetector
+    from edgetpu_retrain.evaluate.runtime import TFLiteDetector
 
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     interpreter.allocate_tensors()
@@ -68,8 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", type=Path, help="input photo (default: first microcontroller image)")
     args = parser.parse_args(argv)
 
-    from edgetpu_retrain.detector_runtime import decode_image, resize_to_input
-    from edgetpu_retrain.tflite_model import read_model
+    from edgetpu_retrain.evaluate.runtime import decode_image, resize_to_input
+    from edgetpu_retrain.export.flatbuffer import read_model
 
     photo = args.image or default_image()
     pixels = decode_image(photo.read_bytes())

@@ -25,7 +25,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "include"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from edgetpu_retrain import cli, config  # noqa: E402
+from edgetpu_retrain import cli  # noqa: E402
+from edgetpu_retrain.model import config  # noqa: E402
 
 
 def build_dataset(name: str, work: Path, limit: int | None) -> Path:
@@ -60,7 +61,7 @@ def main() -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    from edgetpu_retrain import train
+    from edgetpu_retrain.model import train
 
     work = Path(tempfile.mkdtemp(prefix="bench_train_"))
     print(f"work dir: {work}", file=sys.stderr)

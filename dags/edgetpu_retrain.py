@@ -1,7 +1,7 @@
 """edgetpu_retrain: newly labeled LabelImg images -> SSD MobileNet -> Edge TPU model (wiring only).
 
 Every step is one `edgetpu-retrain <verb>` command run by the runner in EDGETPU_RUNNER (see
-include/edgetpu_retrain/runners.py); this file only wires them. Nothing heavy is imported here.
+include/edgetpu_retrain/pipeline/runners.py); this file only wires them. Nothing heavy is imported here.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ _use_step_package()
 import pendulum
 from airflow.sdk import DAG, Param, PokeReturnValue, TriggerRule, chain, task
 
-from edgetpu_retrain import drops
-from edgetpu_retrain.runners import JINJA_FILTERS, Flag, Repeat, RunnerSettings, from_step, step_task
+from edgetpu_retrain.pipeline import drops
+from edgetpu_retrain.pipeline.runners import JINJA_FILTERS, Flag, Repeat, RunnerSettings, from_step, step_task
 
 SETTINGS = RunnerSettings.from_env()
 ROOT = SETTINGS.data_root

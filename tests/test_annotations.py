@@ -5,7 +5,7 @@ import shutil
 import pytest
 from hostile import GOOD_BOX, bomb_png, voc_xml
 
-from edgetpu_retrain import annotations as va
+from edgetpu_retrain.data import annotations as va
 
 LABELS = {"Platelets": 1, "RBC": 2, "WBC": 3}
 

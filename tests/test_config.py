@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edgetpu_retrain import cli, config
+from edgetpu_retrain import cli
+from edgetpu_retrain.model import config
 from edgetpu_retrain.common import UserError
 
 

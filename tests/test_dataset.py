@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_labelimg_folder
-from edgetpu_retrain import cli, dataset, tfrecord
+from edgetpu_retrain import cli
+from edgetpu_retrain.data import dataset
+from edgetpu_retrain.data import tfrecord
 from edgetpu_retrain.common import UserError
 
 def _voc(xml_path: Path) -> dict:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edgetpu_retrain import cli, demo
+from edgetpu_retrain import cli
+from edgetpu_retrain.data import demo
 from edgetpu_retrain.common import UserError
 
 

@@ -1,4 +1,4 @@
-"""Tests for `edgetpu-retrain download` (include/edgetpu_retrain/download.py).
+"""Tests for `edgetpu-retrain download` (include/edgetpu_retrain/data/download.py).
 
 The HTTP server started here (a real `ThreadingHTTPServer` on 127.0.0.1, port 0) stands in for the
 internet: it serves real JPEGs copied from ../shared/datasets/microcontroller/images plus the failure
@@ -28,9 +28,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from edgetpu_retrain import cli, download
+from edgetpu_retrain import cli
+from edgetpu_retrain.data import download
 from edgetpu_retrain.common import UserError, sha256_bytes
-from edgetpu_retrain.download import FetchOptions
+from edgetpu_retrain.data.download import FetchOptions
 
 TRAVERSAL = "/..%2F..%2Fetc%2Fpasswd.jpg"
 MAX_BYTES = 100_000

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgetpu_retrain import drops
+from edgetpu_retrain.pipeline import drops
 
 T0 = datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc)
 

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from tflite_models import build_mini_ssd, convert
 
-from edgetpu_retrain import cli, edgetpu
-from edgetpu_retrain import tflite_model as tm
+from edgetpu_retrain import cli
+from edgetpu_retrain.export import edgetpu
+from edgetpu_retrain.export import flatbuffer as tm
 from edgetpu_retrain.common import UserError, dumps_json
 
 pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")

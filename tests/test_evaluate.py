@@ -12,8 +12,10 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from edgetpu_retrain import cli, detector_runtime, evaluate  # noqa: E402
-from edgetpu_retrain.detector_runtime import Detections, Detector, decode_image, resize_to_input  # noqa: E402
+from edgetpu_retrain import cli  # noqa: E402
+from edgetpu_retrain.evaluate import runtime as detector_runtime  # noqa: E402
+from edgetpu_retrain.evaluate import coco as evaluate  # noqa: E402
+from edgetpu_retrain.evaluate.runtime import Detections, Detector, decode_image, resize_to_input  # noqa: E402
 
 from test_export import CLASSES, SIZE, _cli_json, micro_snapshot, tiny_run  # noqa: E402,F401
 from test_tflite import tiny_tflite  # noqa: E402,F401

@@ -16,11 +16,14 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from edgetpu_retrain import cli, export, model, tfrecord  # noqa: E402
+from edgetpu_retrain import cli  # noqa: E402
+from edgetpu_retrain.export import saved_model as export  # noqa: E402
+from edgetpu_retrain.model import detector as model  # noqa: E402
+from edgetpu_retrain.data import tfrecord  # noqa: E402
 from edgetpu_retrain.common import UserError  # noqa: E402
-from edgetpu_retrain.config import config_from_dict, dump_config  # noqa: E402
-from edgetpu_retrain.detector_runtime import decode_image, open_detector, resize_to_input  # noqa: E402
-from edgetpu_retrain.postprocess import PostprocessParams, decode_boxes, make_postprocess_fn, params_from_config  # noqa: E402
+from edgetpu_retrain.model.config import config_from_dict, dump_config  # noqa: E402
+from edgetpu_retrain.evaluate.runtime import decode_image, open_detector, resize_to_input  # noqa: E402
+from edgetpu_retrain.export.postprocess import PostprocessParams, decode_boxes, make_postprocess_fn, params_from_config  # noqa: E402
 
 CLASSES = ["Arduino_Nano", "ESP8266", "Heltec_ESP32_Lora", "Raspberry_Pi_3"]
 SIZE = 96

@@ -6,7 +6,7 @@ import pytest
 
 from edgetpu_retrain import cli
 from edgetpu_retrain.common import UserError
-from edgetpu_retrain.labelmap import (
+from edgetpu_retrain.data.labelmap import (
     LabelItem,
     format_label_map,
     generate,

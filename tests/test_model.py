@@ -9,9 +9,10 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from edgetpu_retrain import boxes, model  # noqa: E402
+from edgetpu_retrain.model import boxes  # noqa: E402
+from edgetpu_retrain.model import detector as model  # noqa: E402
 from edgetpu_retrain.common import UserError  # noqa: E402
-from edgetpu_retrain.config import config_from_dict  # noqa: E402
+from edgetpu_retrain.model.config import config_from_dict  # noqa: E402
 
 
 def make_cfg(base="mobilenet_v2_ssd", head="ssdlite", size=96, alpha=0.35, classes=3, **model_kw):

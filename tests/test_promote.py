@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgetpu_retrain import promote
+from edgetpu_retrain.release import gate as promote
 from edgetpu_retrain.cli import main
 
 PER_CLASS = {"Platelets": {"ap": 0.31, "ap50": 0.62}, "RBC": {"ap": 0.44, "ap50": 0.81},

@@ -20,8 +20,8 @@ use_private_airflow_home()  # before anything imports Airflow
 
 import pytest  # noqa: E402
 
-from edgetpu_retrain import runners  # noqa: E402
-from edgetpu_retrain.runners import Flag, Opt, Repeat, RunnerSettings  # noqa: E402
+from edgetpu_retrain.pipeline import runners  # noqa: E402
+from edgetpu_retrain.pipeline.runners import Flag, Opt, Repeat, RunnerSettings  # noqa: E402
 
 ROOT = "/srv/edgetpu-data"
 
@@ -273,6 +273,6 @@ def test_local_execute_maps_99_to_skip_and_other_codes_to_failure(tmp_path, allo
 
 def test_operator_classes_are_importable_by_name() -> None:
     assert runners.LocalStepOperator is runners.operator_class("local")
-    assert runners.LocalStepOperator.__module__ == "edgetpu_retrain.runners"
+    assert runners.LocalStepOperator.__module__ == "edgetpu_retrain.pipeline.runners"
     with pytest.raises(AttributeError):
         runners.NoSuchOperator  # noqa: B018

@@ -12,9 +12,9 @@ tf = pytest.importorskip("tensorflow")
 
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
-from edgetpu_retrain import tflite  # noqa: E402
+from edgetpu_retrain.export import convert as tflite  # noqa: E402
 from edgetpu_retrain.common import UserError  # noqa: E402
-from edgetpu_retrain.detector_runtime import open_detector  # noqa: E402
+from edgetpu_retrain.evaluate.runtime import open_detector  # noqa: E402
 
 # session fixtures + helpers shared with test_export.py (same folder, imported by module name)
 from test_export import (  # noqa: E402,F401
@@ -123,7 +123,7 @@ def test_tflite_user_errors(tmp_path, micro_snapshot):
 
 def test_edgetpu_preflight_passes_our_int8_export_and_rejects_the_float_one(tiny_tflite):
     """Our own SSD export is what the Edge TPU needs: every op but the post-processing tail maps."""
-    from edgetpu_retrain.edgetpu import preflight
+    from edgetpu_retrain.export.edgetpu import preflight
 
     report = preflight(tiny_tflite["int8"])
     assert report["ok"] is True, report["reasons"]

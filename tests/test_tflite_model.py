@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from tflite_models import build_mini_ssd, int8_converter
 
-from edgetpu_retrain import tflite_model as tm
+from edgetpu_retrain.export import flatbuffer as tm
 
 pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")
 
@@ -41,7 +41,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 def test_schema_module_is_found_without_importing_tensorflow(models):
     code = (
-        "import sys; from edgetpu_retrain import tflite_model as t; "
+        "import sys; from edgetpu_retrain.export import flatbuffer as t; "
         f"m = t.read_model({str(models['ssd'])!r}); "
         "print(m.reader, 'tensorflow' in sys.modules)"
     )

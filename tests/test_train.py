@@ -19,7 +19,14 @@ tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 
 from conftest import REPO, copy_labelimg_folder  # noqa: E402
-from edgetpu_retrain import augment, boxes, cli, config, inputs, losses, model, train  # noqa: E402
+from edgetpu_retrain import cli  # noqa: E402
+from edgetpu_retrain.model import augment  # noqa: E402
+from edgetpu_retrain.model import boxes  # noqa: E402
+from edgetpu_retrain.model import config  # noqa: E402
+from edgetpu_retrain.model import inputs  # noqa: E402
+from edgetpu_retrain.model import losses  # noqa: E402
+from edgetpu_retrain.model import detector as model  # noqa: E402
+from edgetpu_retrain.model import train  # noqa: E402
 
 SETS = [
     "model.base=mobilenet_v1_ssd", "model.head=ssd", "model.input_size=96", "model.alpha=0.25",

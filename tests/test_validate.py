@@ -272,7 +272,7 @@ def test_modules_import_without_lxml_or_pillow():
     import subprocess
     import sys
 
-    code = ("import sys, edgetpu_retrain.validate, edgetpu_retrain.labelmap, edgetpu_retrain.annotations;"
+    code = ("import sys, edgetpu_retrain.data.validate, edgetpu_retrain.data.labelmap, edgetpu_retrain.data.annotations;"
             "print(sorted(m for m in ('lxml', 'PIL', 'numpy', 'tensorflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

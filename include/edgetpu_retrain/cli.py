@@ -17,19 +17,19 @@ from edgetpu_retrain.common import NothingToDo, UserError, EXIT_NOTHING_TO_DO, r
 
 # verb -> (module, one-line help). The only place that lists the steps.
 VERBS: dict[str, tuple[str, str]] = {
-    "download": ("edgetpu_retrain.download", "fetch images listed in a URL manifest into a folder"),
-    "validate": ("edgetpu_retrain.validate", "check LabelImg VOC XML + images; per-file report"),
-    "labelmap": ("edgetpu_retrain.labelmap", "read, write or generate a StringIntLabelMap .pbtxt"),
-    "build-dataset": ("edgetpu_retrain.dataset", "CSV, seeded split and sharded TFRecords"),
-    "demo-data": ("edgetpu_retrain.demo", "draw the built-in shapes dataset (VOC XML)"),
-    "render-config": ("edgetpu_retrain.config", "render the training config from a base model"),
-    "train": ("edgetpu_retrain.train", "train the SSD detector (resumable)"),
-    "export": ("edgetpu_retrain.export", "export a checkpoint as a SavedModel"),
-    "tflite": ("edgetpu_retrain.tflite", "full-int8 TFLite with TFLite_Detection_PostProcess"),
-    "edgetpu": ("edgetpu_retrain.edgetpu", "Edge TPU pre-flight check and compile"),
-    "evaluate": ("edgetpu_retrain.evaluate", "COCO mAP of a SavedModel or .tflite on a split"),
-    "promote": ("edgetpu_retrain.promote", "promote the model if it beats the current one"),
-    "report": ("edgetpu_retrain.report", "write the run report"),
+    "download": ("edgetpu_retrain.data.download", "fetch images listed in a URL manifest into a folder"),
+    "validate": ("edgetpu_retrain.data.validate", "check LabelImg VOC XML + images; per-file report"),
+    "labelmap": ("edgetpu_retrain.data.labelmap", "read, write or generate a StringIntLabelMap .pbtxt"),
+    "build-dataset": ("edgetpu_retrain.data.dataset", "CSV, seeded split and sharded TFRecords"),
+    "demo-data": ("edgetpu_retrain.data.demo", "draw the built-in shapes dataset (VOC XML)"),
+    "render-config": ("edgetpu_retrain.model.config", "render the training config from a base model"),
+    "train": ("edgetpu_retrain.model.train", "train the SSD detector (resumable)"),
+    "export": ("edgetpu_retrain.export.saved_model", "export a checkpoint as a SavedModel"),
+    "tflite": ("edgetpu_retrain.export.convert", "full-int8 TFLite with TFLite_Detection_PostProcess"),
+    "edgetpu": ("edgetpu_retrain.export.edgetpu", "Edge TPU pre-flight check and compile"),
+    "evaluate": ("edgetpu_retrain.evaluate.coco", "COCO mAP of a SavedModel or .tflite on a split"),
+    "promote": ("edgetpu_retrain.release.gate", "promote the model if it beats the current one"),
+    "report": ("edgetpu_retrain.release.report", "write the run report"),
 }
 
 

@@ -175,7 +175,7 @@ class FakeTI:
 
 
 def render_argv(dag, task_id: str, conf: dict | None = None, results: dict | None = None) -> list[str]:
-    from edgetpu_retrain.runners import flatten_args
+    from edgetpu_retrain.pipeline.runners import flatten_args
 
     params = dict(dag.params.validate())
     params.update(conf or {})

@@ -46,7 +46,7 @@ from typing import Any
 
 from edgetpu_retrain import common
 from edgetpu_retrain.common import UserError
-from edgetpu_retrain.edgetpu import COMPILER_STDOUT, SUMMARY_KEYS, parse_compiler_output
+from edgetpu_retrain.export.edgetpu import COMPILER_STDOUT, SUMMARY_KEYS, parse_compiler_output
 
 log = logging.getLogger(__name__)
 

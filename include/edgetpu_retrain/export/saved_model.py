@@ -52,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from edgetpu_retrain import config as config_lib
-    from edgetpu_retrain import model as model_lib
+    from edgetpu_retrain.model import config as config_lib
+    from edgetpu_retrain.model import detector as model_lib
 
     cfg = config_lib.load_config(common.require_file(args.config, what="config"))
     checkpoint = model_lib.resolve_checkpoint(args.checkpoint)
@@ -88,8 +88,8 @@ def build_archive(
     import numpy as np
     import tensorflow as tf
 
-    from edgetpu_retrain.model import class_scores
-    from edgetpu_retrain.postprocess import make_postprocess_fn
+    from edgetpu_retrain.model.detector import class_scores
+    from edgetpu_retrain.export.postprocess import make_postprocess_fn
 
     height, width = input_size
     anchors = np.asarray(anchors, dtype=np.float32)
@@ -150,10 +150,10 @@ def export_detector(
     """Write the SavedModel for a built/loaded Keras detector; returns the verb's JSON result."""
     import numpy as np
 
-    from edgetpu_retrain.postprocess import params_from_config
+    from edgetpu_retrain.export.postprocess import params_from_config
 
     if anchors is None:
-        from edgetpu_retrain import model as model_lib
+        from edgetpu_retrain.model import detector as model_lib
 
         anchors = model_lib.anchors(cfg)
     anchors = np.asarray(anchors, dtype=np.float32)
@@ -186,7 +186,7 @@ def export_detector(
         if label_map and Path(label_map).is_file():
             shutil.copyfile(label_map, tmp / "label_map.pbtxt")
         else:
-            from edgetpu_retrain.labelmap import LabelItem, format_label_map
+            from edgetpu_retrain.data.labelmap import LabelItem, format_label_map
 
             items = [LabelItem(id=i, name=name) for i, name in pairs]
             (tmp / "label_map.pbtxt").write_text(format_label_map(items), encoding="utf-8")

@@ -16,7 +16,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from edgetpu_retrain.boxes import area
+from edgetpu_retrain.model.boxes import area
 
 
 def _seed(seed: tf.Tensor, k: int) -> tf.Tensor:

@@ -387,7 +387,7 @@ def edgetpu_advice(reasons: list[str], compiled: Any, coverage: dict[str, Any] |
 
 
 def _edgetpu(data: dict[str, Any], base: str | None) -> dict[str, Any]:
-    from edgetpu_retrain.promote import compiler_from_folder, op_coverage
+    from edgetpu_retrain.release.gate import compiler_from_folder, op_coverage
 
     pre = data.get("preflight") if isinstance(data.get("preflight"), dict) else data
     if not isinstance(pre.get("ok"), bool) and isinstance(data.get("preflight"), str):

@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def load_split(dataset_dir: str | Path, split: str) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
     """[(id, name)] classes and the split's examples: {"filename", "width", "height", "encoded",
     "boxes" [n,4] normalized (ymin, xmin, ymax, xmax), "labels" [n] 1-based}, in TFRecord order."""
-    from edgetpu_retrain import tfrecord
-    from edgetpu_retrain.tflite import split_shards
+    from edgetpu_retrain.data import tfrecord
+    from edgetpu_retrain.export.convert import split_shards
 
     shards = split_shards(dataset_dir, split)
     manifest_path = Path(dataset_dir) / "manifest.json"
@@ -171,7 +171,7 @@ def _round(value: float) -> float:
 def run_model(path: str | Path, examples: list[dict[str, Any]], *, score_threshold: float = 0.0,
               num_threads: int | None = None) -> tuple[Any, list[dict[str, Any]], float]:
     """(detector, per-image detections, mean latency ms) over the examples."""
-    from edgetpu_retrain.detector_runtime import decode_image, open_detector, resize_to_input
+    from edgetpu_retrain.evaluate.runtime import decode_image, open_detector, resize_to_input
 
     det = open_detector(path, num_threads=num_threads)
     outputs, times = [], []

@@ -47,7 +47,7 @@ from typing import Any
 
 from edgetpu_retrain.common import UserError, atomic_dir, dumps_json, read_json, sha256_bytes, sha256_file
 
-log = logging.getLogger("edgetpu_retrain.dataset")
+log = logging.getLogger("edgetpu_retrain.data.dataset")
 
 SPLITS = ("train", "val", "test")
 CSV_COLUMNS = ("filename", "width", "height", "class", "xmin", "ymin", "xmax", "ymax")
@@ -124,7 +124,7 @@ def parse_split(text: str | Sequence[float]) -> tuple[float, float, float]:
 
 def read_label_map(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
     """[(id, name)] sorted by id, via labelmap.read_label_map (the one .pbtxt parser)."""
-    from edgetpu_retrain.labelmap import read_label_map as _read
+    from edgetpu_retrain.data.labelmap import read_label_map as _read
 
     return sorted((item.id, item.name) for item in _read(path))
 
@@ -279,7 +279,7 @@ def shard_name(split: str, index: int, count: int) -> str:
 
 def _write_shard(task: tuple[str, list[dict]]) -> tuple[str, int, int]:
     """Worker: write one shard. Returns (path, examples, bytes). Runs in a fresh (spawned) process."""
-    from edgetpu_retrain.tfrecord import TFRecordWriter, encode_example
+    from edgetpu_retrain.data.tfrecord import TFRecordWriter, encode_example
 
     path, records = task
     with TFRecordWriter(path) as writer:

@@ -32,9 +32,9 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgetpu_retrain import common
-from edgetpu_retrain.export import PYCORAL_ORDER as OUTPUT_ORDER  # (count, scores, classes, boxes)
-from edgetpu_retrain.export import TFLITE_SIGNATURE
-from edgetpu_retrain.postprocess import OP_NAME as CUSTOM_OP
+from edgetpu_retrain.export.saved_model import PYCORAL_ORDER as OUTPUT_ORDER  # (count, scores, classes, boxes)
+from edgetpu_retrain.export.saved_model import TFLITE_SIGNATURE
+from edgetpu_retrain.export.postprocess import OP_NAME as CUSTOM_OP
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,8 @@ def train_shards(dataset_dir: str | Path, split: str = "train") -> list[Path]:
 def calibration_images(dataset_dir: str | Path, size: tuple[int, int], *, count: int, seed: int) -> list[np.ndarray]:
     """`count` train images (uint8 [h, w, 3] at the model size) drawn with `seed`, in record order;
     the first gets one 0 and one 255 pixel (full input range for calibration)."""
-    from edgetpu_retrain import tfrecord
-    from edgetpu_retrain.detector_runtime import decode_image, resize_to_input
+    from edgetpu_retrain.data import tfrecord
+    from edgetpu_retrain.evaluate.runtime import decode_image, resize_to_input
 
     shards = train_shards(dataset_dir)
     total = sum(1 for shard in shards for _ in tfrecord.iter_records(shard, verify=False))
@@ -238,7 +238,7 @@ def _text(value: Any) -> str:
 
 def op_counts(data: bytes) -> dict[str, int]:
     """{"CONV_2D v3": 20, ..., "CUSTOM TFLite_Detection_PostProcess v1": 1} of the main subgraph."""
-    from edgetpu_retrain.tflite_model import read_model
+    from edgetpu_retrain.export.flatbuffer import read_model
 
     model = read_model(data)
     names = Counter(

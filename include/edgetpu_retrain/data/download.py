@@ -46,7 +46,7 @@ from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
 from edgetpu_retrain import common
 from edgetpu_retrain.common import UserError
 
-log = logging.getLogger("edgetpu_retrain.download")
+log = logging.getLogger("edgetpu_retrain.data.download")
 
 REPORT_NAME = "download_report.json"
 REPORT_VERSION = 1

@@ -12,8 +12,9 @@ from typing import Any
 
 import tensorflow as tf
 
-from edgetpu_retrain import augment, boxes
-from edgetpu_retrain.tfrecord import parse_example
+from edgetpu_retrain.model import augment
+from edgetpu_retrain.model import boxes
+from edgetpu_retrain.data.tfrecord import parse_example
 
 
 def parse_record(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edgetpu_retrain.common import UserError, log, read_json, write_json
-from edgetpu_retrain.config import load_config
+from edgetpu_retrain.model.config import load_config
 
 RESULT_FILE = "train_result.json"
 
@@ -131,7 +131,9 @@ def train(cfg: Any, out: str | Path, *, config_path: str | Path = "", steps: int
     import keras
     import tensorflow as tf
 
-    from edgetpu_retrain import inputs, losses as losses_mod, model as model_mod
+    from edgetpu_retrain.model import inputs
+    from edgetpu_retrain.model import losses as losses_mod
+    from edgetpu_retrain.model import detector as model_mod
 
     t = cfg.train
     total = int(steps if steps is not None else t.steps)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from edgetpu_retrain.model import BOX_SCALES as DEFAULT_SCALES  # (y, x, h, w); model.py imports no TF
+from edgetpu_retrain.model.detector import BOX_SCALES as DEFAULT_SCALES  # (y, x, h, w); detector.py imports no TF
 
 OP_NAME = "TFLite_Detection_PostProcess"
 # The custom op's own default; the converter drops the attribute, so this is what TFLite always uses.
@@ -136,7 +136,7 @@ def decode_boxes(box_encodings: Any, anchors: Any, scales: tuple[float, float, f
 
     The training box coder's decode (`boxes.decode`), so the SavedModel and training agree by construction.
     """
-    from edgetpu_retrain import boxes
+    from edgetpu_retrain.model import boxes
 
     return boxes.decode(box_encodings, anchors, tuple(float(v) for v in scales))
 

@@ -2,7 +2,7 @@
 
 Writes OUT (atomically: built beside OUT, then renamed) as one labeled drop in LabelImg's layout:
 `shapes_0000.jpg` + `shapes_0000.xml` ... and an empty `READY` marker written last (the marker the
-drop sensor waits for, see drops.py).
+drop sensor waits for, see pipeline/drops.py).
 
 Each image (SIZE x SIZE, RGB) has a gradient, noise or striped background in muted colours and 1-4
 large (18-45 % of the side), saturated shapes -- circle, square, triangle (pointing up or down) --
@@ -30,7 +30,7 @@ from xml.sax.saxutils import escape
 
 from edgetpu_retrain.common import UserError, atomic_dir
 
-log = logging.getLogger("edgetpu_retrain.demo")
+log = logging.getLogger("edgetpu_retrain.data.demo")
 
 CLASSES = ("circle", "square", "triangle")
 READY_MARKER = "READY"

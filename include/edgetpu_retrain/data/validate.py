@@ -47,9 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgetpu_retrain import annotations as va
-from edgetpu_retrain import labelmap as lm
-from edgetpu_retrain.annotations import ERROR, INFO, WARNING, Issue
+from edgetpu_retrain.data import annotations as va
+from edgetpu_retrain.data import labelmap as lm
+from edgetpu_retrain.data.annotations import ERROR, INFO, WARNING, Issue
 from edgetpu_retrain.common import UserError, atomic_dir, log, require_dir, sha256_file, write_json, write_text
 
 REPORT_JSON = "validation_report.json"

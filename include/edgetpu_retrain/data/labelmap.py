@@ -243,7 +243,7 @@ def merge(existing: Iterable[LabelItem], found: Iterable[str], *, append: bool, 
 def canonical_names(counts: Mapping[str, int]) -> tuple[list[str], list[str]]:
     """Split class names into (canonical, variants): names equal ignoring case/spaces/'_'/'-' are one
     class spelled several ways; the most used spelling (then the first in sort order) is canonical."""
-    from edgetpu_retrain.annotations import normalize_class
+    from edgetpu_retrain.data.annotations import normalize_class
 
     groups: dict[str, list[str]] = {}
     for name in counts:
@@ -269,7 +269,7 @@ def to_json(items: Iterable[LabelItem]) -> list[dict[str, object]]:
 # ------------------------------------------------------------------------------------------- verb
 def _scan_class_names(dirs: list[str]) -> Counter[str]:
     """Boxes per class name in every *.xml in `dirs` (parsed safely; unreadable XMLs are logged, not fatal)."""
-    from edgetpu_retrain import annotations
+    from edgetpu_retrain.data import annotations
     from edgetpu_retrain.common import require_dir
 
     names: Counter[str] = Counter()

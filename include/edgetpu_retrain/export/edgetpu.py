@@ -35,7 +35,7 @@ from typing import Any
 
 from edgetpu_retrain.common import UserError, require_file, sha256_file, write_json, write_text
 
-log = logging.getLogger("edgetpu_retrain.edgetpu")
+log = logging.getLogger("edgetpu_retrain.export.edgetpu")
 
 COMPILER_NAME = "edgetpu_compiler"
 COMPILER_TARGET_VERSION = "16.0.384591198"  # the last released Edge TPU compiler
@@ -517,7 +517,7 @@ def _op_list(rows: list[dict[str, Any]], limit: int = 12) -> str:
 
 def preflight(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a .tflite file and return the pre-flight dict (`ok`, `reasons`, `ops`, ...)."""
-    from edgetpu_retrain.tflite_model import TFLiteReadError, read_model
+    from edgetpu_retrain.export.flatbuffer import TFLiteReadError, read_model
 
     path = Path(path)
     require_file(path, what="TFLite model")

@@ -43,7 +43,7 @@ RUNNERS = ("docker", "local", "kubernetes")
 DEFAULT_RUNNER = "docker"
 CONTAINER_CLI = ("edgetpu-retrain",)
 K8S_XCOM_FILE = "/airflow/xcom/return.json"
-INCLUDE_DIR = Path(__file__).resolve().parents[1]  # .../include (for PYTHONPATH in the local runner)
+INCLUDE_DIR = Path(__file__).resolve().parents[2]  # .../include (for PYTHONPATH in the local runner)
 
 # stdout goes to a temp file while stderr streams; then stdout is printed, so its last line (the
 # step's JSON) is the last line Airflow sees. "$@" is the command: nothing is re-parsed by a shell.

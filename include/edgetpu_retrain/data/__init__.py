@@ -1,0 +1,1 @@
+"""Data stage: fetch, validate and snapshot LabelImg folders into TFRecords."""

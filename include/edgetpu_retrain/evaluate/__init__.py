@@ -1,0 +1,1 @@
+"""Evaluate stage: COCO metrics of a SavedModel or .tflite on a dataset split."""

@@ -1,0 +1,1 @@
+"""Export stage: SavedModel, full-int8 TFLite, the .tflite reader and the Edge TPU step."""

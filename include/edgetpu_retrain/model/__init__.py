@@ -1,0 +1,1 @@
+"""Model stage: training config, SSD detector, losses, input pipeline and training loop."""

@@ -1,0 +1,1 @@
+"""Release stage: the promotion gate, model registry, model card and run report."""

@@ -12,13 +12,14 @@ Among the ready drops the newest marker wins (ties: the larger drop id). A sched
 waits for a NEWLY labeled drop: the drop the previous run trained on (same id, same marker time) does
 not count again, so nights without new labels end skipped instead of retraining the same data. Backfill
 and manual runs always take the newest ready drop, so a past date is reproduced and a click retrains.
-Pure functions only (stdlib): the DAG's sensor calls them at run time and the tests call them directly.
+Standard library only: the DAG's sensor calls `poke` at run time and the tests call the functions directly.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -183,3 +184,34 @@ def resolve_source(
     drop = pick_drop(find_ready_drops(Path(data_root) / INCOMING, cutoff))
     found = drop.as_result(cutoff=cutoff) if drop else None
     return None if same_drop(found, previous) else found
+
+
+def poke(context: Mapping[str, Any], *, data_root: str, runner: str) -> dict[str, Any] | None:
+    """The `wait_for_drop` sensor's body: the folder this run trains on, or None (keep waiting).
+
+    `context` is the Airflow task context (`params`, `dag_run`, `ti`). A bad `dataset_folder` raises a
+    plain error, so the task fails: the sensor's soft_fail only turns its timeout into "skipped".
+    """
+    params, dag_run = context["params"], context["dag_run"]
+    cutoff = cutoff_for_run(
+        run_type=dag_run.run_type, data_interval_end=dag_run.data_interval_end, run_after=dag_run.run_after
+    )
+    previous = None
+    if needs_new_drop(dag_run.run_type):  # nightly: wait for a drop the last run did not use
+        previous = context["ti"].xcom_pull(task_ids="wait_for_drop", include_prior_dates=True)
+    found = resolve_source(
+        data_root=data_root,
+        cutoff=cutoff,
+        run_id=dag_run.run_id,
+        dataset_folder=params.get("dataset_folder") or None,
+        previous=previous,
+    )
+    if found and runner != "local" and not is_inside(found["folder"], data_root):
+        raise ValueError(
+            f"{found['folder']}: outside the data root {data_root}; the {runner} runner only mounts "
+            "the data root. Copy the folder under it (e.g. incoming/<name>/) and point dataset_folder there."
+        )
+    if found is None:
+        last = f" (the last run used {previous.get('drop_id')})" if isinstance(previous, dict) else ""
+        print(f"no new drop in {data_root}/incoming/ with a READY marker older than {cutoff.isoformat()}{last}")
+    return found

@@ -39,7 +39,7 @@ def convert(tf, converter, *, int8=True) -> bytes:
 def build_mini_ssd(tf) -> bytes:
     """int8 conv -> box/class heads -> DEQUANTIZE x2 -> CUSTOM TFLite_Detection_PostProcess (stub body).
 
-    The DESIGN.md export pattern, with N_ANCHORS anchors and N_CLASSES classes.
+    The op pattern of our SSD export, with N_ANCHORS anchors and N_CLASSES classes.
     """
     attrs = {
         "max_detections": ("i", 5), "max_classes_per_detection": ("i", 1), "num_classes": ("i", N_CLASSES - 1),

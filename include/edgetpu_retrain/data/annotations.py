@@ -1,8 +1,8 @@
 """Pascal VOC XML (as LabelImg writes it) and image checks: pure functions, no output files.
 
 Every problem becomes an `Issue(code, severity, message, fix, object)`; `object` is the 0-based
-index of the <object> element in the XML (the numbering ../shared/datasets/README.md uses, e.g.
-BloodImage_00338 object 12), or None for file-level issues.
+index of the <object> element in the XML (e.g. BloodImage_00338 object 12 of BCCD has a zero-area
+box), or None for file-level issues.
 
 Policies (validate.py applies them; docs in its --help):
 - XML: parsed by lxml with resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False;

@@ -14,7 +14,7 @@ Shared by build-dataset (writing), training and evaluation (reading with tf.data
 * `iter_records(path)` / `decode_example(data)` read TFRecords and Examples in pure Python.
 * `parse_example(serialized)` is the tf.data parser (imports TensorFlow on call).
 
-Example keys (see ../shared/DESIGN.md "Data facts"): image/encoded, image/format ('jpeg' | 'png'),
+Example keys (the TF Object Detection API schema): image/encoded, image/format ('jpeg' | 'png'),
 image/height, image/width, image/filename, image/source_id (the file name), image/key/sha256,
 image/object/bbox/{xmin,xmax,ymin,ymax} (float32, normalized 0..1), image/object/class/text,
 image/object/class/label (1-based label-map ids), image/object/difficult, image/object/truncated,

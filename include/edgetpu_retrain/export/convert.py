@@ -7,7 +7,7 @@ Converts the SavedModel's `tflite` signature (written by `export`: float32 0..25
 - int8: Optimize.DEFAULT + a representative dataset of N images drawn with `--seed` from the dataset's
   TRAIN TFRecords (manifest.json), resized like `evaluate` does; the first sample gets one 0 pixel and
   one 255 pixel so calibration sees the full input range and the uint8 input comes out with scale 1,
-  zero point 0 (../shared/DESIGN.md pitfall 5). TFLITE_BUILTINS_INT8 only, uint8 input, FLOAT32
+  zero point 0 (the Edge TPU's uint8 input). TFLITE_BUILTINS_INT8 only, uint8 input, FLOAT32
   outputs (quantized outputs saturate scores), allow_custom_ops for TFLite_Detection_PostProcess.
 - float: the same graph without quantization (float32 input holding 0..255), for comparison.
 

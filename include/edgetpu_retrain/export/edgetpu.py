@@ -53,9 +53,9 @@ CORAL_OPS_URL = "https://coral.ai/docs/edgetpu/models-intro/#supported-operation
 
 # Operations the Edge TPU supports (compiler 16), TFLite builtin name -> known limitation.
 # Source: Coral, "TensorFlow models on the Edge TPU", section "Supported operations"
-# (https://coral.ai/docs/edgetpu/models-intro/#supported-operations), as summarised in
-# ../shared/edgetpu/README.md. The limits are reported as notes; the pre-flight checks only what a
-# flatbuffer shows cheaply (op, types, shapes), the compiler is the final word on the rest.
+# (https://coral.ai/docs/edgetpu/models-intro/#supported-operations). The limits are reported as
+# notes; the pre-flight checks only what a flatbuffer shows cheaply (op, types, shapes), the compiler
+# is the final word on the rest.
 EDGETPU_SUPPORTED_OPS: dict[str, str] = {
     "ADD": "",
     "AVERAGE_POOL_2D": "no fused activation function",
@@ -571,7 +571,7 @@ _VERSION_ERROR = re.compile(r"Didn't find op for builtin opcode '([A-Z0-9_]+)' v
 
 
 def parse_compiler_output(text: str) -> dict[str, Any]:
-    """Figures from `edgetpu_compiler -s` stdout (format: ../shared/edgetpu/compiler-logs/)."""
+    """Figures from `edgetpu_compiler -s` stdout (the `Key: value` lines and the op table of compiler 16)."""
     out: dict[str, Any] = {}
     for key, pattern in _LINE_FIELDS.items():
         m = pattern.search(text)

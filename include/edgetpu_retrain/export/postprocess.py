@@ -19,7 +19,7 @@ The body follows the op's semantics (tensorflow/lite/kernels/detection_postproce
   suppressed when IoU > nms_iou_threshold. Outputs (boxes [1,K,4], classes [1,K], scores [1,K],
   count [1]), all float32; rows past `count` are zero here (garbage is allowed in the op: use count).
 
-Converter facts (../shared/DESIGN.md): it needs `use_regular_nms` in the attributes and drops
+Converter facts (TF 2.21 TFLiteConverter): it needs `use_regular_nms` in the attributes and drops
 `detections_per_class` (the op then uses its default, 100), so the SavedModel uses 100 per class as
 well; thresholds are written with `repr` so 1e-8 does not become "0.000000". Batch size must be 1.
 Only `max_classes_per_detection == 1` is supported (what pycoral and our evaluate expect).

@@ -82,7 +82,7 @@ def build_archive(
     """keras.export.ExportArchive with both signatures (see the module docstring).
 
     ExportArchive tracks the model's raw tf.Variables (a Keras 3 model inside a plain tf.Module keeps
-    VAR_HANDLE ops and int8 calibration fails: ../shared/DESIGN.md pitfall 1).
+    VAR_HANDLE ops and int8 calibration fails).
     """
     import keras
     import numpy as np

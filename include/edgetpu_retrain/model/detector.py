@@ -175,7 +175,7 @@ def build_detector(cfg: Any, *, weights: Any = _FROM_CONFIG):
     backbone = _backbone(cfg, weights)
     for layer in backbone.layers:
         if isinstance(layer, layers.BatchNormalization):
-            layer.momentum = momentum  # pitfall 6: 0.999 leaves moving stats untrained in short runs
+            layer.momentum = momentum  # Keras' 0.999 leaves the moving stats untrained in short runs
     feats = list(backbone(x))
     depth = lambda d: max(int(d * m.alpha), 16)  # noqa: E731  (TF OD API depth_multiplier, min_depth 16)
     y = feats[-1]

@@ -1,4 +1,4 @@
-"""evaluate.py: COCO mAP (pycocotools) of a SavedModel / .tflite on a dataset split."""
+"""evaluate/coco.py: COCO mAP (pycocotools) of a SavedModel / .tflite on a dataset split."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ from edgetpu_retrain.evaluate import runtime as detector_runtime  # noqa: E402
 from edgetpu_retrain.evaluate import coco as evaluate  # noqa: E402
 from edgetpu_retrain.evaluate.runtime import Detections, Detector, decode_image, resize_to_input  # noqa: E402
 
-from test_export import CLASSES, SIZE, _cli_json, micro_snapshot, tiny_run  # noqa: E402,F401
-from test_tflite import tiny_tflite  # noqa: E402,F401
+from tiny_models import CLASSES, SIZE  # noqa: E402
+from tiny_models import cli_json as _cli_json  # noqa: E402
 
 CLS = [(1, "a"), (2, "b"), (3, "c")]
 

@@ -58,7 +58,7 @@ def test_mini_ssd_ops_versions_and_custom_code(models):
     assert names.count("DEQUANTIZE") == 2 and names.count("CONV_2D") == 3
     post = model.ops[-1]
     assert (post.name, post.custom_code, post.version) == ("CUSTOM", "TFLite_Detection_PostProcess", 1)
-    assert model.op_versions()["CONV_2D"] == [3]  # TF 2.21 int8 conv, as DESIGN.md measured
+    assert model.op_versions()["CONV_2D"] == [3]  # TF 2.21 writes version 3 for an int8 CONV_2D
     for op in model.ops:
         assert op.custom_code is None or op.name == "CUSTOM"
         assert all(-1 <= i < len(model.tensors) for i in (*op.inputs, *op.outputs))

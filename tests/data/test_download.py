@@ -1,7 +1,7 @@
 """Tests for `edgetpu-retrain download` (include/edgetpu_retrain/data/download.py).
 
 The HTTP server started here (a real `ThreadingHTTPServer` on 127.0.0.1, port 0) stands in for the
-internet: it serves real JPEGs copied from ../shared/datasets/microcontroller/images plus the failure
+internet: it serves real JPEGs copied from the microcontroller dataset's images plus the failure
 modes the step must survive (404, flaky 5xx, a stalled body, oversized bodies, an HTML page, redirects
 to good and to non-http targets, duplicate bytes, a path-traversal name, PNGs); one test runs it over
 TLS with a throwaway self-signed certificate. No other network is used, and the fixtures stop the

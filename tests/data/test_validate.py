@@ -33,10 +33,10 @@ def entry(report: dict, xml: str | None = None, image: str | None = None) -> dic
 
 # ------------------------------------------------------------------------------------------- bccd
 @pytest.fixture(scope="module")
-def bccd_run(tmp_path_factory, bccd_dir):
+def bccd_run(tmp_path_factory, bccd_full_dir):
     import time
 
-    data = copy_labelimg_folder(bccd_dir, tmp_path_factory.mktemp("bccd") / "drop")
+    data = copy_labelimg_folder(bccd_full_dir, tmp_path_factory.mktemp("bccd") / "drop")
     out = data.parent / "validated"
     argv = ["validate", "--images", str(data), "--out", str(out)]
     start = time.perf_counter()

@@ -115,6 +115,7 @@ def test_pipeline_shapes_determinism_and_resume_offset(cfg):
     assert set(np.unique(cls)) <= {boxes.IGNORE, 0, 1, 2, 3, 4}
 
 
+@pytest.mark.slow
 def test_loss_finite_and_decreases_on_one_batch(cfg):
     keras.utils.set_random_seed(0)
     anchors = model.anchors(cfg)
@@ -152,6 +153,7 @@ def _train_cmd(cfg_path: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "edgetpu_retrain", "train", "--config", str(cfg_path), "--out", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_train_killed_midway_resumes_from_saved_step(cfg_path, cfg, tmp_path, caplog):
     out = tmp_path / "run"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO / "include")}

@@ -1,4 +1,4 @@
-"""tflite.py: SavedModel -> model_int8.tflite / model_float.tflite (custom op, types, pycoral order),
+"""export/convert.py: SavedModel -> model_int8.tflite / model_float.tflite (custom op, types, pycoral order),
 and agreement of both .tflite files with the SavedModel on real photos."""
 
 from __future__ import annotations
@@ -16,18 +16,8 @@ from edgetpu_retrain.export import convert as tflite  # noqa: E402
 from edgetpu_retrain.common import UserError  # noqa: E402
 from edgetpu_retrain.evaluate.runtime import open_detector  # noqa: E402
 
-# session fixtures + helpers shared with test_export.py (same folder, imported by module name)
-from test_export import (  # noqa: E402,F401
-    MAX_DETECTIONS, SIZE, TOP_CLASS, _cli_json, micro_snapshot, once, snapshot_images, tiny_run,
-)
-
-
-@pytest.fixture(scope="session")
-def tiny_tflite(tmp_path_factory, tiny_run, micro_snapshot):
-    """The `tflite` verb's JSON line for the session's export (4 calibration images)."""
-    argv = ["tflite", "--saved-model", str(tiny_run["saved_model"]), "--dataset", str(micro_snapshot),
-            "--out", str(tiny_run["dir"] / "tflite"), "--num-calibration", "4", "--seed", "0"]
-    return once(tmp_path_factory, "tflite", lambda: _cli_json(argv))
+from tiny_models import MAX_DETECTIONS, SIZE, TOP_CLASS, snapshot_images  # noqa: E402
+from tiny_models import cli_json as _cli_json  # noqa: E402
 
 
 def test_tflite_json_and_ops(tiny_tflite):
@@ -42,7 +32,7 @@ def test_tflite_json_and_ops(tiny_tflite):
     assert {"QUANTIZE", "DEQUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "LOGISTIC"} <= int8_ops
     assert "QUANTIZE" not in {op.split()[0] for op in r["ops"]["float"]}
     assert r["sizes"]["int8"] < r["sizes"]["float"] / 2
-    assert r["int8_details"]["input"]["quantization"] == [1.0, 0]  # pitfall 5: full 0..255 range
+    assert r["int8_details"]["input"]["quantization"] == [1.0, 0]  # uint8 input: scale 1, zero point 0 (the full 0..255 range)
     assert open(r["labels_txt"]).readline() == "0 Arduino_Nano\n"
 
 

@@ -30,11 +30,13 @@ DEMO_ENV := EDGETPU_RUNNER=local \
 	AIRFLOW__CORE__LOAD_EXAMPLES=False \
 	TF_CPP_MIN_LOG_LEVEL=2
 
-.PHONY: help venv demo test bench clean distclean
+.PHONY: help venv demo test lint format bench clean distclean
 
 help:
 	@echo "make demo   generate the shapes demo drop and run the whole DAG locally (a few minutes)"
 	@echo "make test   run the test suite (creates .venv first if needed)"
+	@echo "make lint   ruff (lint + format check) and mypy on the package"
+	@echo "make format ruff format + ruff check --fix on the tree"
 	@echo "make venv   create .venv from requirements-dev.txt + pip install -e ."
 	@echo "make bench  run benchmarks/*.py (speed, memory, accuracy numbers)"
 	@echo "make clean  remove the demo data root, caches and build leftovers (keeps .venv)"
@@ -67,13 +69,23 @@ demo: $(BIN)/edgetpu-retrain
 test: $(BIN)/edgetpu-retrain
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The same checks as .pre-commit-config.yaml and .ci/run (settings in pyproject.toml).
+lint: $(BIN)/edgetpu-retrain
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(BIN)/edgetpu-retrain
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
 bench: $(BIN)/edgetpu-retrain
 	@shopt -s nullglob; scripts=(benchmarks/*.py); \
 	if [ $${#scripts[@]} -eq 0 ]; then echo "no benchmarks/*.py yet"; exit 0; fi; \
 	for script in "$${scripts[@]}"; do echo "== $$script"; $(BIN)/python "$$script" || exit $$?; done
 
 clean:
-	rm -rf $(DEMO_ROOT) .pytest_cache build
+	rm -rf $(DEMO_ROOT) .pytest_cache .mypy_cache .ruff_cache build
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

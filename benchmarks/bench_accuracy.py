@@ -46,21 +46,32 @@ def step(verb: str, *args: str, log: Path) -> tuple[dict, float]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="microcontroller", help="shared dataset name (microcontroller|bccd)")
-    parser.add_argument("--labelimg", type=Path, help="use this LabelImg folder instead (e.g. `demo-data` output)")
-    parser.add_argument("--base-model", default="mobilenet_v2_ssd", choices=["mobilenet_v1_ssd", "mobilenet_v2_ssd"])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dataset", default="microcontroller", help="shared dataset name (microcontroller|bccd)"
+    )
+    parser.add_argument(
+        "--labelimg", type=Path, help="use this LabelImg folder instead (e.g. `demo-data` output)"
+    )
+    parser.add_argument(
+        "--base-model", default="mobilenet_v2_ssd", choices=["mobilenet_v1_ssd", "mobilenet_v2_ssd"]
+    )
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--input-size", type=int, default=160, help="model.input_size")
     parser.add_argument("--alpha", type=float, default=0.5, help="model.alpha (backbone width)")
     parser.add_argument("--split", default="0.8,0.1,0.1")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra render-config key=value")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="extra render-config key=value"
+    )
     parser.add_argument("--work", type=Path, help="working folder (default: a new temp folder, kept)")
     parser.add_argument("--runs", type=int, default=100, help="latency runs per thread count")
     args = parser.parse_args()
 
     from bench_latency import bench
     from conftest import SHARED_DATASETS, copy_labelimg_folder
+
     from edgetpu_retrain.evaluate.runtime import decode_image, resize_to_input
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_accuracy_"))
@@ -69,37 +80,100 @@ def main() -> int:
     src = SHARED_DATASETS / args.dataset
     images = args.labelimg or copy_labelimg_folder(src, work / "labelimg")
     validated, _ = step("validate", "--images", str(images), "--out", str(work / "validated"), log=log)
-    ds, _ = step("build-dataset", "--validated", validated["out_dir"], "--out", str(work / "dataset"),
-                 "--split", args.split, "--seed", "0", log=log)
-    sets = ["model.backbone_weights=null", f"train.steps={args.steps}", f"model.input_size={args.input_size}",
-            f"model.alpha={args.alpha}", *args.overrides]
-    cfg, _ = step("render-config", "--dataset", ds["dataset_dir"], "--base-model", args.base_model,
-                  "--out", str(work / "config.yaml"), *[a for s in sets for a in ("--set", s)], log=log)
+    ds, _ = step(
+        "build-dataset",
+        "--validated",
+        validated["out_dir"],
+        "--out",
+        str(work / "dataset"),
+        "--split",
+        args.split,
+        "--seed",
+        "0",
+        log=log,
+    )
+    sets = [
+        "model.backbone_weights=null",
+        f"train.steps={args.steps}",
+        f"model.input_size={args.input_size}",
+        f"model.alpha={args.alpha}",
+        *args.overrides,
+    ]
+    cfg, _ = step(
+        "render-config",
+        "--dataset",
+        ds["dataset_dir"],
+        "--base-model",
+        args.base_model,
+        "--out",
+        str(work / "config.yaml"),
+        *[a for s in sets for a in ("--set", s)],
+        log=log,
+    )
     trained, train_s = step("train", "--config", cfg["config"], "--out", str(work / "train"), log=log)
-    exported, _ = step("export", "--config", cfg["config"], "--checkpoint", trained["checkpoint"],
-                       "--out", str(work / "saved_model"), log=log)
-    tfl, _ = step("tflite", "--saved-model", exported["saved_model"], "--dataset", ds["dataset_dir"],
-                  "--out", str(work / "tflite"), log=log)
+    exported, _ = step(
+        "export",
+        "--config",
+        cfg["config"],
+        "--checkpoint",
+        trained["checkpoint"],
+        "--out",
+        str(work / "saved_model"),
+        log=log,
+    )
+    tfl, _ = step(
+        "tflite",
+        "--saved-model",
+        exported["saved_model"],
+        "--dataset",
+        ds["dataset_dir"],
+        "--out",
+        str(work / "tflite"),
+        log=log,
+    )
     tpu, _ = step("edgetpu", "--tflite", tfl["int8"], "--out", str(work / "edgetpu"), log=log)
-    ev, _ = step("evaluate", "--dataset", ds["dataset_dir"], "--split", "test", "--model", exported["saved_model"],
-                 "--compare", tfl["int8"], "--out", str(work / "eval.json"), log=log)
+    ev, _ = step(
+        "evaluate",
+        "--dataset",
+        ds["dataset_dir"],
+        "--split",
+        "test",
+        "--model",
+        exported["saved_model"],
+        "--compare",
+        tfl["int8"],
+        "--out",
+        str(work / "eval.json"),
+        log=log,
+    )
 
     photo = sorted(Path(images).glob("*.jpg"))[0]
     pixels = decode_image(photo.read_bytes())
     size = cfg["input_size"]
-    latency = {t: statistics.fmean(bench(Path(tfl["int8"]), t, resize_to_input(pixels, (size, size)), args.runs, 10))
-               for t in (1, 2)}
+    latency = {
+        t: statistics.fmean(bench(Path(tfl["int8"]), t, resize_to_input(pixels, (size, size)), args.runs, 10))
+        for t in (1, 2)
+    }
     summary = {
-        "dataset": str(args.labelimg or args.dataset), "base_model": args.base_model, "overrides": sets,
-        "test_images": ev["images"], "train_images": ds["counts"]["train"]["images"],
-        "steps": trained["steps_done"], "train_seconds": round(train_s, 1),
-        "train_images_per_sec": trained["images_per_sec"], "final_loss": trained["loss"],
-        "float_map50": ev["map50"], "float_map": ev["map"],
-        "int8_map50": ev["compare"]["map50"], "int8_map": ev["compare"]["map"],
+        "dataset": str(args.labelimg or args.dataset),
+        "base_model": args.base_model,
+        "overrides": sets,
+        "test_images": ev["images"],
+        "train_images": ds["counts"]["train"]["images"],
+        "steps": trained["steps_done"],
+        "train_seconds": round(train_s, 1),
+        "train_images_per_sec": trained["images_per_sec"],
+        "final_loss": trained["loss"],
+        "float_map50": ev["map50"],
+        "float_map": ev["map"],
+        "int8_map50": ev["compare"]["map50"],
+        "int8_map": ev["compare"]["map"],
         "quantization_drop_map50_points": ev["quantization_drop_map50"],
         "int8_bytes": tfl["sizes"]["int8"] if isinstance(tfl.get("sizes"), dict) else None,
-        "latency_ms_1_thread": round(latency[1], 3), "latency_ms_2_threads": round(latency[2], 3),
-        "preflight_ok": tpu["preflight"]["ok"], "preflight_reasons": tpu["preflight"]["reasons"],
+        "latency_ms_1_thread": round(latency[1], 3),
+        "latency_ms_2_threads": round(latency[2], 3),
+        "preflight_ok": tpu["preflight"]["ok"],
+        "preflight_reasons": tpu["preflight"]["reasons"],
         "expected_tpu_ops": tpu["preflight"].get("expected_tpu_op_count"),
         "expected_cpu_ops": tpu["preflight"].get("expected_cpu_op_count"),
         "work": str(work),

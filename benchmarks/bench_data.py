@@ -34,7 +34,11 @@ def child(argv: list[str]) -> int:
     wall = time.perf_counter() - start
     self_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"code": code, "wall": wall, "rss_self_mb": self_kb / 1024, "rss_children_mb": kids_kb / 1024}))
+    print(
+        json.dumps(
+            {"code": code, "wall": wall, "rss_self_mb": self_kb / 1024, "rss_children_mb": kids_kb / 1024}
+        )
+    )
     return code
 
 
@@ -69,21 +73,26 @@ def copy_bccd(dst: Path, repeat: int) -> int:
 
 
 def compare_writers(validated: Path, tmp: Path) -> None:
-    from edgetpu_retrain.data import dataset
-    from edgetpu_retrain.data import tfrecord
+    from edgetpu_retrain.data import dataset, tfrecord
 
     _, images, _, _ = dataset.load_validated(validated)
     blobs = [(rec, Path(rec["path"]).read_bytes()) for rec in images]
     mb = sum(len(b) for _, b in blobs) / 1e6
     start = time.perf_counter()
     tfrecord.crc32c(bytes(1000))  # numpy import + tables: once per process
-    print(f"writer ours: {time.perf_counter() - start:.3f} s one-time set-up per process (numpy import, CRC tables)")
+    print(
+        f"writer ours: {time.perf_counter() - start:.3f} s one-time set-up per process (numpy import, CRC "
+        "tables)"
+    )
     start = time.perf_counter()
     with tfrecord.TFRecordWriter(tmp / "ours.tfrecord") as writer:
         for rec, data in blobs:
             writer.write(tfrecord.encode_example(rec, data))
     ours = time.perf_counter() - start
-    print(f"writer ours (hand-written Example + numpy CRC32C): {ours:.3f} s for {len(blobs)} examples, {mb / ours:.0f} MB/s")
+    print(
+        f"writer ours (hand-written Example + numpy CRC32C): {ours:.3f} s for {len(blobs)} examples, "
+        f"{mb / ours:.0f} MB/s"
+    )
     start = time.perf_counter()
     import tensorflow as tf
 
@@ -95,7 +104,11 @@ def compare_writers(validated: Path, tmp: Path) -> None:
             feature = {}
             for key, (kind, values) in feats.items():
                 if kind == "bytes":
-                    feature[key] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[v if isinstance(v, bytes) else str(v).encode() for v in values]))
+                    feature[key] = tf.train.Feature(
+                        bytes_list=tf.train.BytesList(
+                            value=[v if isinstance(v, bytes) else str(v).encode() for v in values]
+                        )
+                    )
                 elif kind == "float":
                     feature[key] = tf.train.Feature(float_list=tf.train.FloatList(value=values))
                 else:
@@ -104,8 +117,11 @@ def compare_writers(validated: Path, tmp: Path) -> None:
             writer.write(example.SerializeToString(deterministic=True))
     tf_time = time.perf_counter() - start
     same = (tmp / "ours.tfrecord").read_bytes() == (tmp / "tf.tfrecord").read_bytes()
-    print(f"writer tf.io.TFRecordWriter + tf.train.Example: {tf_time:.3f} s + {imported:.2f} s TF import per process, "
-          f"{mb / tf_time:.0f} MB/s; byte-identical to ours: {same}")
+    print(
+        f"writer tf.io.TFRecordWriter + tf.train.Example: {tf_time:.3f} s + {imported:.2f} s TF import per "
+        "process, "
+        f"{mb / tf_time:.0f} MB/s; byte-identical to ours: {same}"
+    )
     start = time.perf_counter()
     for _ in tfrecord.read_examples([tmp / "ours.tfrecord"]):
         pass
@@ -115,10 +131,14 @@ def compare_writers(validated: Path, tmp: Path) -> None:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         return child(sys.argv[2:])
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeat", type=int, default=1, help="copies of each bccd image (default 1)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="build-dataset --workers")
-    parser.add_argument("--shards", type=int, default=None, help="build-dataset --shards (default: its own default)")
+    parser.add_argument(
+        "--shards", type=int, default=None, help="build-dataset --shards (default: its own default)"
+    )
     parser.add_argument("--compare-tf", action="store_true", help="also time tf.io.TFRecordWriter in-process")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -128,19 +148,44 @@ def main() -> int:
         mb = sum(p.stat().st_size for p in (tmp / "incoming").glob("*.jpg")) / 1e6
         print(f"input: {n} images ({mb:.1f} MB) from {BCCD}, cpus {os.cpu_count()}")
         v = run_verb(["validate", "--images", str(tmp / "incoming"), "--out", str(tmp / "validated")])
-        print(f"validate: {v['wall']:.2f} s in verb ({v['process_wall']:.2f} s with interpreter start), "
-              f"{n / v['wall']:.0f} images/s; accepted {v['result']['accepted']}, rejected {v['result']['rejected']}")
-        print(f"validate: peak RSS {v['rss_self_mb']:.0f} MB main process, {v['rss_children_mb']:.0f} MB largest worker")
-        build = ["build-dataset", "--validated", str(tmp / "validated"), "--out", str(tmp / "dataset"), "--workers", str(args.workers)]
+        print(
+            f"validate: {v['wall']:.2f} s in verb ({v['process_wall']:.2f} s with interpreter start), "
+            f"{n / v['wall']:.0f} images/s; accepted {v['result']['accepted']}, rejected "
+            f"{v['result']['rejected']}"
+        )
+        print(
+            f"validate: peak RSS {v['rss_self_mb']:.0f} MB main process, {v['rss_children_mb']:.0f} MB "
+            "largest worker"
+        )
+        build = [
+            "build-dataset",
+            "--validated",
+            str(tmp / "validated"),
+            "--out",
+            str(tmp / "dataset"),
+            "--workers",
+            str(args.workers),
+        ]
         if args.shards:
             build += ["--shards", str(args.shards)]
         b = run_verb(build)
         shards = sum(len(x) for x in b["result"]["tfrecords"].values())
-        print(f"build-dataset: {b['wall']:.2f} s in verb ({b['process_wall']:.2f} s with interpreter start), "
-              f"{n / b['wall']:.0f} images/s, {mb / b['wall']:.0f} MB/s; {shards} shards, workers {args.workers}")
-        print(f"build-dataset: peak RSS {b['rss_self_mb']:.0f} MB main process, {b['rss_children_mb']:.0f} MB largest worker")
-        b1 = run_verb(build[:-2] + ["--workers", "1"] + (["--shards", str(args.shards)] if args.shards else []))
-        print(f"build-dataset --workers 1: {b1['wall']:.2f} s, {n / b1['wall']:.0f} images/s, peak RSS {b1['rss_self_mb']:.0f} MB")
+        print(
+            f"build-dataset: {b['wall']:.2f} s in verb ({b['process_wall']:.2f} s with interpreter start), "
+            f"{n / b['wall']:.0f} images/s, {mb / b['wall']:.0f} MB/s; {shards} shards, workers "
+            f"{args.workers}"
+        )
+        print(
+            f"build-dataset: peak RSS {b['rss_self_mb']:.0f} MB main process, {b['rss_children_mb']:.0f} MB "
+            "largest worker"
+        )
+        b1 = run_verb(
+            build[:-2] + ["--workers", "1"] + (["--shards", str(args.shards)] if args.shards else [])
+        )
+        print(
+            f"build-dataset --workers 1: {b1['wall']:.2f} s, {n / b1['wall']:.0f} images/s, peak RSS "
+            f"{b1['rss_self_mb']:.0f} MB"
+        )
         if args.compare_tf:
             compare_writers(tmp / "validated", tmp)
     return 0

@@ -61,7 +61,9 @@ def bench(path: Path, threads: int, image: np.ndarray, runs: int, warmup: int) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="+", type=Path, help=".tflite files (e.g. runs/<id>/model_int8.tflite)")
+    parser.add_argument(
+        "models", nargs="+", type=Path, help=".tflite files (e.g. runs/<id>/model_int8.tflite)"
+    )
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default 1,2)")
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--warmup", type=int, default=10)
@@ -73,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
 
     photo = args.image or default_image()
     pixels = decode_image(photo.read_bytes())
-    print(f"image {photo.name} {pixels.shape[1]}x{pixels.shape[0]}, runs {args.runs} after {args.warmup} warm-up, "
-          f"cpu_count {os.cpu_count()}")
+    print(
+        f"image {photo.name} {pixels.shape[1]}x{pixels.shape[0]}, runs {args.runs} after {args.warmup} "
+        "warm-up, "
+        f"cpu_count {os.cpu_count()}"
+    )
     for path in args.models:
         if not path.is_file():
             print(f"{path}: not found", file=sys.stderr)
@@ -82,14 +87,19 @@ def main(argv: list[str] | None = None) -> int:
         info = read_model(path)
         (tensor,) = info.input_tensors
         size = path.stat().st_size
-        print(f"{path}: size {size} bytes ({size / 2**20:.2f} MiB), input {tensor.type} {list(tensor.shape)}, "
-              f"{len(info.ops)} ops")
+        print(
+            f"{path}: size {size} bytes ({size / 2**20:.2f} MiB), input {tensor.type} {list(tensor.shape)}, "
+            f"{len(info.ops)} ops"
+        )
         image = resize_to_input(pixels, (tensor.shape[1], tensor.shape[2]))
         for threads in (int(t) for t in args.threads.split(",") if t.strip()):
             times = bench(path, threads, image, args.runs, args.warmup)
             ordered = sorted(times)
-            print(f"  threads {threads}: mean {statistics.fmean(times):.3f} ms, median {statistics.median(times):.3f} ms, "
-                  f"p90 {ordered[int(0.9 * (len(ordered) - 1))]:.3f} ms, min {ordered[0]:.3f} ms")
+            print(
+                f"  threads {threads}: mean {statistics.fmean(times):.3f} ms, median "
+                f"{statistics.median(times):.3f} ms, "
+                f"p90 {ordered[int(0.9 * (len(ordered) - 1))]:.3f} ms, min {ordered[0]:.3f} ms"
+            )
     return 0
 
 

@@ -37,17 +37,36 @@ def build_dataset(name: str, work: Path, limit: int | None) -> Path:
     images = copy_labelimg_folder(src, work / "labelimg", names=names[:limit] if limit else names)
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the benchmark's own lines
         assert cli.main(["validate", "--images", str(images), "--out", str(work / "validated")]) == 0
-        assert cli.main(["build-dataset", "--validated", str(work / "validated"), "--out", str(work / "ds"),
-                         "--split", "1,0,0", "--workers", "1"]) == 0
+        assert (
+            cli.main(
+                [
+                    "build-dataset",
+                    "--validated",
+                    str(work / "validated"),
+                    "--out",
+                    str(work / "ds"),
+                    "--split",
+                    "1,0,0",
+                    "--workers",
+                    "1",
+                ]
+            )
+            == 0
+        )
     return work / "ds"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", default="microcontroller", help="shared dataset name (microcontroller|bccd)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dataset", default="microcontroller", help="shared dataset name (microcontroller|bccd)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="use only the first N images")
-    parser.add_argument("--base-model", action="append", choices=config.BASE_MODELS,
-                        help="repeatable; default both")
+    parser.add_argument(
+        "--base-model", action="append", choices=config.BASE_MODELS, help="repeatable; default both"
+    )
     parser.add_argument("--head", default=None, choices=config.HEADS, help="default: the template's")
     parser.add_argument("--input-size", type=int, action="append", help="repeatable; default the template's")
     parser.add_argument("--alpha", type=float, default=1.0)
@@ -69,9 +88,16 @@ def main() -> int:
     rows = []
     for base in args.base_model or list(config.BASE_MODELS):
         for size in args.input_size or [None]:
-            sets = [f"model.alpha={args.alpha}", "model.backbone_weights=null", f"train.batch_size={args.batch_size}",
-                    f"train.steps={args.steps}", "train.log_every=5", f"train.checkpoint_every={args.steps}",
-                    f"train.jit_compile={'true' if args.jit else 'false'}", *args.overrides]
+            sets = [
+                f"model.alpha={args.alpha}",
+                "model.backbone_weights=null",
+                f"train.batch_size={args.batch_size}",
+                f"train.steps={args.steps}",
+                "train.log_every=5",
+                f"train.checkpoint_every={args.steps}",
+                f"train.jit_compile={'true' if args.jit else 'false'}",
+                *args.overrides,
+            ]
             if args.head:
                 sets.append(f"model.head={args.head}")
             if size:
@@ -80,20 +106,38 @@ def main() -> int:
             cfg_path = work / f"{base}_{size}.yaml"
             cfg_path.write_text(text)
             t0 = time.perf_counter()
-            result = train.train(cfg, work / f"run_{base}_{cfg.model.input_size}", config_path=cfg_path,
-                                 max_seconds=args.minutes * 60)
+            result = train.train(
+                cfg,
+                work / f"run_{base}_{cfg.model.input_size}",
+                config_path=cfg_path,
+                max_seconds=args.minutes * 60,
+            )
             ips = result["images_per_sec"]
-            row = {"base_model": base, "head": cfg.model.head, "input_size": cfg.model.input_size,
-                   "alpha": cfg.model.alpha, "batch_size": cfg.train.batch_size, "jit": cfg.train.jit_compile,
-                   "steps": result["steps_done"], "images_per_sec": ips,
-                   "sec_per_step": round(cfg.train.batch_size / ips, 3) if ips else None,
-                   "loss": result["loss"], "box_loss": result["box_loss"], "class_loss": result["class_loss"],
-                   "wall_s": round(time.perf_counter() - t0, 1), "cpus": os.cpu_count()}
+            row = {
+                "base_model": base,
+                "head": cfg.model.head,
+                "input_size": cfg.model.input_size,
+                "alpha": cfg.model.alpha,
+                "batch_size": cfg.train.batch_size,
+                "jit": cfg.train.jit_compile,
+                "steps": result["steps_done"],
+                "images_per_sec": ips,
+                "sec_per_step": round(cfg.train.batch_size / ips, 3) if ips else None,
+                "loss": result["loss"],
+                "box_loss": result["box_loss"],
+                "class_loss": result["class_loss"],
+                "wall_s": round(time.perf_counter() - t0, 1),
+                "cpus": os.cpu_count(),
+            }
             rows.append(row)
-            print(f"{base} {cfg.model.head} {cfg.model.input_size}px alpha {cfg.model.alpha} batch "
-                  f"{cfg.train.batch_size} jit={cfg.train.jit_compile}: {row['sec_per_step']} s/step, {ips} img/s, "
-                  f"{row['steps']} steps, loss {row['loss']:.3f} (box {row['box_loss']:.3f} class "
-                  f"{row['class_loss']:.3f}), wall {row['wall_s']} s", flush=True)
+            print(
+                f"{base} {cfg.model.head} {cfg.model.input_size}px alpha {cfg.model.alpha} batch "
+                f"{cfg.train.batch_size} jit={cfg.train.jit_compile}: {row['sec_per_step']} s/step, {ips} "
+                "img/s, "
+                f"{row['steps']} steps, loss {row['loss']:.3f} (box {row['box_loss']:.3f} class "
+                f"{row['class_loss']:.3f}), wall {row['wall_s']} s",
+                flush=True,
+            )
     print(json.dumps({"dataset": args.dataset, "runs": rows}, sort_keys=True))
     return 0
 

@@ -72,7 +72,9 @@ def _data_tasks(*, root: str, run_dir: str, runner: str, poke_s: int, timeout_s:
         found = drops.poke(context, data_root=root, runner=runner)
         return PokeReturnValue(is_done=found is not None, xcom_value=found)
 
-    validate = step_task("validate", ["--images", f"{{{{ {SOURCE}['folder'] }}}}", "--out", f"{run_dir}/validation"])
+    validate = step_task(
+        "validate", ["--images", f"{{{{ {SOURCE}['folder'] }}}}", "--out", f"{run_dir}/validation"]
+    )
     build_dataset = step_task(
         "build-dataset",
         [
@@ -107,11 +109,25 @@ def _model_tasks(*, run_dir: str, training_pool: str) -> list:
     )
     export = step_task(
         "export",
-        ["--config", CONFIG, "--checkpoint", from_step("train", "checkpoint"), "--out", f"{run_dir}/saved_model"],
+        [
+            "--config",
+            CONFIG,
+            "--checkpoint",
+            from_step("train", "checkpoint"),
+            "--out",
+            f"{run_dir}/saved_model",
+        ],
     )
     tflite = step_task(
         "tflite",
-        ["--saved-model", from_step("export", "saved_model"), "--dataset", DATASET, "--out", f"{run_dir}/tflite"],
+        [
+            "--saved-model",
+            from_step("export", "saved_model"),
+            "--dataset",
+            DATASET,
+            "--out",
+            f"{run_dir}/tflite",
+        ],
     )
     return [render_config, train, export, tflite]
 
@@ -127,7 +143,16 @@ def _release_tasks(*, root: str, run_dir: str) -> tuple[list, object, object]:
         step_task(
             "evaluate",
             task_id=f"evaluate_{kind}",
-            args=["--dataset", DATASET, "--split", "test", "--model", model, "--out", f"{run_dir}/eval_{kind}.json"],
+            args=[
+                "--dataset",
+                DATASET,
+                "--split",
+                "test",
+                "--model",
+                model,
+                "--out",
+                f"{run_dir}/eval_{kind}.json",
+            ],
         )
         for kind, model in (("float", FLOAT_TFLITE), ("int8", INT8_TFLITE))
     ]
@@ -179,7 +204,11 @@ def create_pipeline(
         params=dag_params(data_root=root),
     ) as dag:
         data = _data_tasks(
-            root=root, run_dir=run_dir, runner=settings.runner, poke_s=sensor_poke_s, timeout_s=sensor_timeout_s
+            root=root,
+            run_dir=run_dir,
+            runner=settings.runner,
+            poke_s=sensor_poke_s,
+            timeout_s=sensor_timeout_s,
         )
         model = _model_tasks(run_dir=run_dir, training_pool=training_pool)
         checks, promote, report = _release_tasks(root=root, run_dir=run_dir)

@@ -14,7 +14,11 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-HOSTILE_LABEL_MAP = "item {\n  id: 1\n  name: 'Platelets'\n}\n\nitem {\n  id: 2\n  name: 'RBC'\n}\n\nitem {\n  id: 3\n  name: 'WBC'\n}\n"
+HOSTILE_LABEL_MAP = (
+    "item {\n  id: 1\n  name: 'Platelets'\n}\n\n"
+    "item {\n  id: 2\n  name: 'RBC'\n}\n\n"
+    "item {\n  id: 3\n  name: 'WBC'\n}\n"
+)
 GOOD_BOX = ("RBC", 100, 100, 200, 200)
 
 
@@ -28,31 +32,55 @@ class Expected:
     objects: tuple[tuple[int, str], ...] = ()
 
 
-def voc_xml(filename: str, width: int, height: int, objects: list[tuple] | tuple = (), *,
-            path: str | None = None, depth: int = 3, head: str = "") -> str:
+def voc_xml(
+    filename: str,
+    width: int,
+    height: int,
+    objects: list[tuple] | tuple = (),
+    *,
+    path: str | None = None,
+    depth: int = 3,
+    head: str = "",
+) -> str:
     """A LabelImg-style XML; objects are (name, xmin, ymin, xmax, ymax) with any value types."""
     windows_path = path or "C:\\Users\\me\\images\\" + filename
-    parts = [head, "<annotation>\n\t<folder>images</folder>\n", f"\t<filename>{filename}</filename>\n",
-             f"\t<path>{windows_path}</path>\n",
-             "\t<source>\n\t\t<database>Unknown</database>\n\t</source>\n",
-             f"\t<size>\n\t\t<width>{width}</width>\n\t\t<height>{height}</height>\n\t\t<depth>{depth}</depth>\n\t</size>\n",
-             "\t<segmented>0</segmented>\n"]
+    parts = [
+        head,
+        "<annotation>\n\t<folder>images</folder>\n",
+        f"\t<filename>{filename}</filename>\n",
+        f"\t<path>{windows_path}</path>\n",
+        "\t<source>\n\t\t<database>Unknown</database>\n\t</source>\n",
+        f"\t<size>\n\t\t<width>{width}</width>\n\t\t<height>{height}</height>\n\t\t<depth>{depth}</depth>\n\t</size>\n",
+        "\t<segmented>0</segmented>\n",
+    ]
     for name, xmin, ymin, xmax, ymax in objects:
         parts.append(
             f"\t<object>\n\t\t<name>{name}</name>\n\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n"
             f"\t\t<difficult>0</difficult>\n\t\t<bndbox>\n\t\t\t<xmin>{xmin}</xmin>\n\t\t\t<ymin>{ymin}</ymin>\n"
-            f"\t\t\t<xmax>{xmax}</xmax>\n\t\t\t<ymax>{ymax}</ymax>\n\t\t</bndbox>\n\t</object>\n")
+            f"\t\t\t<xmax>{xmax}</xmax>\n\t\t\t<ymax>{ymax}</ymax>\n\t\t</bndbox>\n\t</object>\n"
+        )
     parts.append("</annotation>\n")
     return "".join(parts)
 
 
 def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     """A ~100-byte PNG whose header declares width x height pixels (never decoded by a safe reader)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grayscale
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def build_hostile_corpus(bccd_dir: Path, dst: Path) -> dict[str, Expected]:
@@ -120,19 +148,37 @@ def build_hostile_corpus(bccd_dir: Path, dst: Path) -> dict[str, Expected]:
         case(name, f"{name}.xml", f"{name}.{ext}", "accepted", *codes)
 
     # XML attacks and breakage (each with a valid image of the same stem)
-    laughs = ('<?xml version="1.0"?>\n<!DOCTYPE lolz [\n <!ENTITY lol "lol">\n'
-              ' <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">\n'
-              ' <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">\n]>\n')
+    laughs = (
+        '<?xml version="1.0"?>\n<!DOCTYPE lolz [\n <!ENTITY lol "lol">\n'
+        ' <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">\n'
+        ' <!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">\n]>\n'
+    )
     xml_cases = {
         "billion_laughs": voc_xml("billion_laughs.jpg", 640, 480, [("&lol3;", 1, 1, 9, 9)], head=laughs),
-        "doctype": voc_xml("doctype.jpg", 640, 480, [GOOD_BOX], head='<!DOCTYPE annotation SYSTEM "http://example.com/x.dtd">\n'),
-        "xxe": voc_xml("&xxe;", 640, 480, [GOOD_BOX], head='<!DOCTYPE a [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>\n'),
+        "doctype": voc_xml(
+            "doctype.jpg",
+            640,
+            480,
+            [GOOD_BOX],
+            head='<!DOCTYPE annotation SYSTEM "http://example.com/x.dtd">\n',
+        ),
+        "xxe": voc_xml(
+            "&xxe;", 640, 480, [GOOD_BOX], head='<!DOCTYPE a [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>\n'
+        ),
         "garbage": "\x00\x01 this is not XML at all <<<",
         "not_voc": "<html><body>hello</body></html>",
-        "too_large": voc_xml("too_large.jpg", 640, 480, [GOOD_BOX]).replace("<segmented>", "<!--" + "x" * (1 << 20) + "--><segmented>"),
+        "too_large": voc_xml("too_large.jpg", 640, 480, [GOOD_BOX]).replace(
+            "<segmented>", "<!--" + "x" * (1 << 20) + "--><segmented>"
+        ),
     }
-    xml_codes = {"billion_laughs": "xml_doctype", "doctype": "xml_doctype", "xxe": "xml_doctype",
-                 "garbage": "xml_parse_error", "not_voc": "xml_not_voc", "too_large": "xml_too_large"}
+    xml_codes = {
+        "billion_laughs": "xml_doctype",
+        "doctype": "xml_doctype",
+        "xxe": "xml_doctype",
+        "garbage": "xml_parse_error",
+        "not_voc": "xml_not_voc",
+        "too_large": "xml_too_large",
+    }
     for name, text in xml_cases.items():
         resave(f"{name}.jpg")
         put_xml(f"{name}.xml", text)
@@ -155,29 +201,79 @@ def build_hostile_corpus(bccd_dir: Path, dst: Path) -> dict[str, Expected]:
 
     # coordinates and classes
     resave("floats.jpg")
-    put_xml("floats.xml", voc_xml("floats.jpg", 640, 480, [("RBC", "10.5", "11.5", "100.4", "200.6"), GOOD_BOX]))
-    case("floats", "floats.xml", "floats.jpg", "accepted", "float_coordinates", objects=[(0, "float_coordinates")])
+    put_xml(
+        "floats.xml", voc_xml("floats.jpg", 640, 480, [("RBC", "10.5", "11.5", "100.4", "200.6"), GOOD_BOX])
+    )
+    case(
+        "floats",
+        "floats.xml",
+        "floats.jpg",
+        "accepted",
+        "float_coordinates",
+        objects=[(0, "float_coordinates")],
+    )
     resave("outside.jpg")
-    put_xml("outside.xml", voc_xml("outside.jpg", 640, 480, [
-        ("RBC", -3, 10, 645, 100),      # within tolerance: clipped to (0, 10, 640, 100)
-        ("WBC", 500, 300, 760, 470),    # 120 px past the right edge: dropped
-        ("RBC", 540, 380, 640, 480),    # touches right/bottom edge exactly: valid
-    ]))
-    case("outside", "outside.xml", "outside.jpg", "accepted", "box_clipped", "box_outside_image",
-         objects=[(0, "box_clipped"), (1, "box_outside_image")])
+    put_xml(
+        "outside.xml",
+        voc_xml(
+            "outside.jpg",
+            640,
+            480,
+            [
+                ("RBC", -3, 10, 645, 100),  # within tolerance: clipped to (0, 10, 640, 100)
+                ("WBC", 500, 300, 760, 470),  # 120 px past the right edge: dropped
+                ("RBC", 540, 380, 640, 480),  # touches right/bottom edge exactly: valid
+            ],
+        ),
+    )
+    case(
+        "outside",
+        "outside.xml",
+        "outside.jpg",
+        "accepted",
+        "box_clipped",
+        "box_outside_image",
+        objects=[(0, "box_clipped"), (1, "box_outside_image")],
+    )
     resave("inverted.jpg")
     put_xml("inverted.xml", voc_xml("inverted.jpg", 640, 480, [("RBC", 200, 200, 100, 100), GOOD_BOX]))
-    case("inverted", "inverted.xml", "inverted.jpg", "accepted", "box_inverted", objects=[(0, "box_inverted")])
+    case(
+        "inverted", "inverted.xml", "inverted.jpg", "accepted", "box_inverted", objects=[(0, "box_inverted")]
+    )
     resave("all_bad.jpg")
-    put_xml("all_bad.xml", voc_xml("all_bad.jpg", 640, 480, [("RBC", 50, 50, 50, 80), ("WBC", 10, 10, "abc", 40)]))
-    case("all_bad", "all_bad.xml", "all_bad.jpg", "rejected", "no_valid_boxes", "box_zero_area", "box_bad_coordinates",
-         objects=[(0, "box_zero_area"), (1, "box_bad_coordinates")])
+    put_xml(
+        "all_bad.xml", voc_xml("all_bad.jpg", 640, 480, [("RBC", 50, 50, 50, 80), ("WBC", 10, 10, "abc", 40)])
+    )
+    case(
+        "all_bad",
+        "all_bad.xml",
+        "all_bad.jpg",
+        "rejected",
+        "no_valid_boxes",
+        "box_zero_area",
+        "box_bad_coordinates",
+        objects=[(0, "box_zero_area"), (1, "box_bad_coordinates")],
+    )
     resave("misspelled.jpg")
     put_xml("misspelled.xml", voc_xml("misspelled.jpg", 640, 480, [("Plateletts", 10, 10, 40, 40), GOOD_BOX]))
-    case("misspelled", "misspelled.xml", "misspelled.jpg", "accepted", "unknown_class", objects=[(0, "unknown_class")])
+    case(
+        "misspelled",
+        "misspelled.xml",
+        "misspelled.jpg",
+        "accepted",
+        "unknown_class",
+        objects=[(0, "unknown_class")],
+    )
     resave("lowercase_class.jpg")
     put_xml("lowercase_class.xml", voc_xml("lowercase_class.jpg", 640, 480, [("rbc", 10, 10, 40, 40)]))
-    case("lowercase_class", "lowercase_class.xml", "lowercase_class.jpg", "rejected", "unknown_class", "no_valid_boxes")
+    case(
+        "lowercase_class",
+        "lowercase_class.xml",
+        "lowercase_class.jpg",
+        "rejected",
+        "unknown_class",
+        "no_valid_boxes",
+    )
     resave("empty.jpg")
     put_xml("empty.xml", voc_xml("empty.jpg", 640, 480, []))
     case("empty", "empty.xml", "empty.jpg", "accepted", "background_image")
@@ -209,4 +305,3 @@ def build_hostile_corpus(bccd_dir: Path, dst: Path) -> dict[str, Expected]:
     # not an input: listed as ignored
     (dst / "README.txt").write_text("notes from the labeling team\n")
     return expected
-

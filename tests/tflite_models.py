@@ -42,9 +42,11 @@ def build_mini_ssd(tf) -> bytes:
     The op pattern of our SSD export, with N_ANCHORS anchors and N_CLASSES classes.
     """
     attrs = {
-        "max_detections": ("i", 5), "max_classes_per_detection": ("i", 1), "num_classes": ("i", N_CLASSES - 1),
-        "nms_score_threshold": ("f", 0.1), "nms_iou_threshold": ("f", 0.5), "y_scale": ("f", 10.0),
-        "x_scale": ("f", 10.0), "h_scale": ("f", 5.0), "w_scale": ("f", 5.0), "use_regular_nms": ("b", "false"),
+        "max_detections": ("i", 5), "max_classes_per_detection": ("i", 1),
+        "num_classes": ("i", N_CLASSES - 1), "nms_score_threshold": ("f", 0.1),
+        "nms_iou_threshold": ("f", 0.5),
+        "y_scale": ("f", 10.0), "x_scale": ("f", 10.0), "h_scale": ("f", 5.0), "w_scale": ("f", 5.0),
+        "use_regular_nms": ("b", "false"),
     }  # fmt: skip
     implements = 'name: "TFLite_Detection_PostProcess" ' + " ".join(
         f'attr {{ key: "{k}" value {{ {t}: {v} }} }}' for k, (t, v) in attrs.items()
@@ -71,4 +73,6 @@ def build_mini_ssd(tf) -> bytes:
             return postprocess(boxes, classes, self.anchors)
 
     det = Detector()
-    return convert(tf, tf.lite.TFLiteConverter.from_concrete_functions([det.__call__.get_concrete_function()], det))
+    return convert(
+        tf, tf.lite.TFLiteConverter.from_concrete_functions([det.__call__.get_concrete_function()], det)
+    )

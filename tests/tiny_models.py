@@ -28,47 +28,85 @@ MAX_DETECTIONS = 10
 TOP_ANCHOR_TYPE, TOP_CLASS = 1, 1  # the deterministic winner: anchor type 1 of the 1x1 map, class ESP8266
 
 
-
 def build_snapshot(src: Path, out: Path, *, n_train: int = 6, n_test: int = 4) -> Path:
     """A dataset snapshot (manifest.json, label_map.pbtxt, TFRecords in the OD API schema) from the
     shared microcontroller photos and their CSV labels (first images of each published split)."""
     ids = {name: i for i, name in enumerate(CLASSES, start=1)}
     (out / "tfrecords").mkdir(parents=True)
-    (out / "label_map.pbtxt").write_text("".join(f'item {{\n  id: {i}\n  name: "{n}"\n}}\n' for n, i in ids.items()))
+    (out / "label_map.pbtxt").write_text(
+        "".join(f'item {{\n  id: {i}\n  name: "{n}"\n}}\n' for n, i in ids.items())
+    )
     shards: dict[str, list[str]] = {"val": []}
-    for split, csv_name, count in (("train", "train_labels.csv", n_train), ("test", "test_labels.csv", n_test)):
+    for split, csv_name, count in (
+        ("train", "train_labels.csv", n_train),
+        ("test", "test_labels.csv", n_test),
+    ):
         rows: dict[str, list[dict]] = {}
         with open(src / csv_name, newline="") as handle:
             for row in csv.DictReader(handle):
                 rows.setdefault(row["filename"], []).append(row)
         records = []
         for filename, objs in sorted(rows.items())[:count]:
-            record = {"filename": filename, "width": int(objs[0]["width"]), "height": int(objs[0]["height"]),
-                      "format": "jpeg",
-                      "objects": [{"class": o["class"], "label": ids[o["class"]], "xmin": int(o["xmin"]),
-                                   "ymin": int(o["ymin"]), "xmax": int(o["xmax"]), "ymax": int(o["ymax"])} for o in objs]}
+            record = {
+                "filename": filename,
+                "width": int(objs[0]["width"]),
+                "height": int(objs[0]["height"]),
+                "format": "jpeg",
+                "objects": [
+                    {
+                        "class": o["class"],
+                        "label": ids[o["class"]],
+                        "xmin": int(o["xmin"]),
+                        "ymin": int(o["ymin"]),
+                        "xmax": int(o["xmax"]),
+                        "ymax": int(o["ymax"]),
+                    }
+                    for o in objs
+                ],
+            }
             records.append(tfrecord.encode_example(record, (src / "images" / filename).read_bytes()))
         rel = f"tfrecords/{split}.tfrecord-00000-of-00001"
         tfrecord.write_tfrecord(out / rel, records)
         shards[split] = [rel]
-    manifest = {"version": 1, "label_map": "label_map.pbtxt", "num_classes": len(CLASSES),
-                "classes": [{"id": i, "name": n} for n, i in ids.items()], "tfrecords": shards}
+    manifest = {
+        "version": 1,
+        "label_map": "label_map.pbtxt",
+        "num_classes": len(CLASSES),
+        "classes": [{"id": i, "name": n} for n, i in ids.items()],
+        "tfrecords": shards,
+    }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return out
 
 
 def snapshot_images(dataset: Path, split: str) -> list[np.ndarray]:
     paths = [dataset / rel for rel in json.loads((dataset / "manifest.json").read_text())["tfrecords"][split]]
-    return [resize_to_input(decode_image(ex["image/encoded"][0]), (SIZE, SIZE)) for ex in tfrecord.read_examples(paths)]
+    return [
+        resize_to_input(decode_image(ex["image/encoded"][0]), (SIZE, SIZE))
+        for ex in tfrecord.read_examples(paths)
+    ]
 
 
 def make_config(dataset: Path, **post):
     raw = {
-        "model": {"base": "mobilenet_v2_ssd", "head": "ssdlite", "input_size": SIZE, "alpha": 0.35,
-                  "num_classes": len(CLASSES), "backbone_weights": None, "anchors": {"num_layers": 4}},
-        "data": {"dataset_dir": str(dataset), "label_map": str(dataset / "label_map.pbtxt"), "classes": CLASSES,
-                 "tfrecords": {"train": [str(dataset / "tfrecords/train.tfrecord-00000-of-00001")],
-                               "test": [str(dataset / "tfrecords/test.tfrecord-00000-of-00001")]}},
+        "model": {
+            "base": "mobilenet_v2_ssd",
+            "head": "ssdlite",
+            "input_size": SIZE,
+            "alpha": 0.35,
+            "num_classes": len(CLASSES),
+            "backbone_weights": None,
+            "anchors": {"num_layers": 4},
+        },
+        "data": {
+            "dataset_dir": str(dataset),
+            "label_map": str(dataset / "label_map.pbtxt"),
+            "classes": CLASSES,
+            "tfrecords": {
+                "train": [str(dataset / "tfrecords/train.tfrecord-00000-of-00001")],
+                "test": [str(dataset / "tfrecords/test.tfrecord-00000-of-00001")],
+            },
+        },
         "postprocess": {"max_detections": MAX_DETECTIONS, "score_threshold": 1e-4, **post},
     }
     return config_from_dict(raw)
@@ -113,12 +151,10 @@ def make_deterministic_detector(cfg, images: list[np.ndarray]):
     return det
 
 
-
 def _all_layers(layer):
     for sub in getattr(layer, "layers", []):
         yield sub
         yield from _all_layers(sub)
-
 
 
 @pytest.fixture(scope="session")
@@ -128,20 +164,39 @@ def micro_snapshot(tmp_path_factory, microcontroller_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, micro_snapshot):
-    """{cfg, config, checkpoint, detector, export (CLI JSON line), saved_model} — exported once per session."""
+    """{cfg, config, checkpoint, detector, export (CLI JSON line), saved_model}: exported once per
+    session."""
     tf = pytest.importorskip("tensorflow")
     run_dir = tmp_path_factory.mktemp("run")
     cfg = make_config(micro_snapshot)
     config_path = run_dir / "config.yaml"
     config_path.write_text(dump_config(cfg))
     det = make_deterministic_detector(cfg, snapshot_images(micro_snapshot, "train"))
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=det), str(run_dir / "checkpoints"), max_to_keep=1)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=det), str(run_dir / "checkpoints"), max_to_keep=1
+    )
     checkpoint = manager.save()  # train's layout: checkpoints/ckpt-1 + the `checkpoint` state file
     out = run_dir / "saved_model"
-    result = cli_json(["export", "--config", str(config_path), "--checkpoint", str(run_dir / "checkpoints"),
-                       "--out", str(out)])
-    return {"cfg": cfg, "config": config_path, "checkpoint": checkpoint, "detector": det, "export": result,
-            "saved_model": out, "dir": run_dir}
+    result = cli_json(
+        [
+            "export",
+            "--config",
+            str(config_path),
+            "--checkpoint",
+            str(run_dir / "checkpoints"),
+            "--out",
+            str(out),
+        ]
+    )
+    return {
+        "cfg": cfg,
+        "config": config_path,
+        "checkpoint": checkpoint,
+        "detector": det,
+        "export": result,
+        "saved_model": out,
+        "dir": run_dir,
+    }
 
 
 @pytest.fixture(scope="session")
@@ -153,8 +208,19 @@ def loaded_saved_model(tiny_run):
 @pytest.fixture(scope="session")
 def tiny_tflite(tiny_run, micro_snapshot):
     """The `tflite` verb's JSON line for the session's export (4 calibration images)."""
-    argv = ["tflite", "--saved-model", str(tiny_run["saved_model"]), "--dataset", str(micro_snapshot),
-            "--out", str(tiny_run["dir"] / "tflite"), "--num-calibration", "4", "--seed", "0"]
+    argv = [
+        "tflite",
+        "--saved-model",
+        str(tiny_run["saved_model"]),
+        "--dataset",
+        str(micro_snapshot),
+        "--out",
+        str(tiny_run["dir"] / "tflite"),
+        "--num-calibration",
+        "4",
+        "--seed",
+        "0",
+    ]
     return cli_json(argv)
 
 

@@ -12,8 +12,9 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
-from edgetpu_retrain.common import NothingToDo, UserError, EXIT_NOTHING_TO_DO, result_line
+from edgetpu_retrain.common import EXIT_NOTHING_TO_DO, NothingToDo, UserError, result_line
 
 # verb -> (module, one-line help). The only place that lists the steps.
 VERBS: dict[str, tuple[str, str]] = {
@@ -46,7 +47,7 @@ def _top_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_verb_parser(verb: str) -> tuple[argparse.ArgumentParser, object]:
+def build_verb_parser(verb: str) -> tuple[argparse.ArgumentParser, ModuleType]:
     module_name, help_text = VERBS[verb]
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"edgetpu-retrain {verb}", description=help_text)

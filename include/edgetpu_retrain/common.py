@@ -132,14 +132,18 @@ def read_json(path: str | os.PathLike[str]) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for non-UTF-8 bytes
-        raise UserError(f"{path}: not valid JSON ({exc}); delete it and re-run the step that writes it") from exc
+        raise UserError(
+            f"{path}: not valid JSON ({exc}); delete it and re-run the step that writes it"
+        ) from exc
 
 
 def require_dir(path: str | os.PathLike[str], *, what: str) -> Path:
     """Return `path` as a Path, or fail with a message naming it and what was expected there."""
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"{path}: {what} folder not found; check the path (it must exist inside the data root)")
+        raise UserError(
+            f"{path}: {what} folder not found; check the path (it must exist inside the data root)"
+        )
     return path
 
 

@@ -17,7 +17,7 @@ import os
 import struct
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from airflow_env import use_private_airflow_home
@@ -26,13 +26,23 @@ REPO = Path(__file__).resolve().parents[2]
 use_private_airflow_home()  # before anything imports Airflow
 
 import pytest  # noqa: E402
-
 from conftest import copy_labelimg_folder  # noqa: E402  (tests/conftest.py)
 
 DAG_ID = "edgetpu_retrain"
 FULL_RUN_TASKS = [
-    "download", "wait_for_drop", "validate", "build_dataset", "render_config", "train", "export", "tflite",
-    "edgetpu", "evaluate_float", "evaluate_int8", "promote", "report",
+    "download",
+    "wait_for_drop",
+    "validate",
+    "build_dataset",
+    "render_config",
+    "train",
+    "export",
+    "tflite",
+    "edgetpu",
+    "evaluate_float",
+    "evaluate_int8",
+    "promote",
+    "report",
 ]
 
 
@@ -92,9 +102,9 @@ def set_ready(folder: Path, moment: datetime) -> None:
 def test_bccd_drop_through_validate_and_build_dataset(local_dag, bccd_dir) -> None:
     dag, root = local_dag
     drop = copy_labelimg_folder(bccd_dir, root / "incoming" / "bccd-2026-11-23")
-    set_ready(drop, datetime.now(timezone.utc) - timedelta(hours=1))
+    set_ready(drop, datetime.now(UTC) - timedelta(hours=1))
     late = copy_labelimg_folder(bccd_dir, root / "incoming" / "zz-later", names=["BloodImage_00000"])
-    set_ready(late, datetime.now(timezone.utc) + timedelta(days=1))  # ready after this run's cut-off
+    set_ready(late, datetime.now(UTC) + timedelta(days=1))  # ready after this run's cut-off
 
     subset = dag.partial_subset(task_ids=["build_dataset"], include_upstream=True)
     # the report is the sensor's teardown, so a partial run still explains itself
@@ -102,7 +112,10 @@ def test_bccd_drop_through_validate_and_build_dataset(local_dag, bccd_dir) -> No
     started = time.monotonic()
     dag_run = subset.test(run_conf={"dataset_name": "bccd", "split": "0.8,0.1,0.1", "seed": 7})
     assert states(dag_run) == {
-        "download": "skipped", "wait_for_drop": "success", "validate": "success", "build_dataset": "success",
+        "download": "skipped",
+        "wait_for_drop": "success",
+        "validate": "success",
+        "build_dataset": "success",
         "report": "success",
     }, states(dag_run)
     report = json.loads(Path(result(dag_run, "report")["report_json"]).read_text())
@@ -116,7 +129,10 @@ def test_bccd_drop_through_validate_and_build_dataset(local_dag, bccd_dir) -> No
     validated = result(dag_run, "validate")
     run_dir = root / "runs" / json.loads(json.dumps(Path(validated["out_dir"]).parent.name))
     assert Path(validated["out_dir"]) == run_dir / "validation"
-    assert (validated["accepted"], validated["rejected"]) == (45, 0)  # the 45 images of tests/fixtures/bccd_subset
+    assert (validated["accepted"], validated["rejected"]) == (
+        45,
+        0,
+    )  # the 45 images of tests/fixtures/bccd_subset
     assert Path(validated["report"]).is_file() and Path(validated["annotations"]).is_file()
 
     built = result(dag_run, "build_dataset")
@@ -155,17 +171,24 @@ def test_whole_pipeline_on_a_small_real_dataset(local_dag, microcontroller_dir, 
     folder = copy_labelimg_folder(microcontroller_dir, root / "labelimg" / "boards", names=names)
 
     started = time.monotonic()
-    dag_run = dag.test(run_conf={
-        "dataset_folder": str(folder),
-        "dataset_name": "boards",
-        "split": "0.5,0.25,0.25",
-        "config_overrides": {
-            "model.input_size": 96, "model.backbone_weights": None, "train.steps": 6, "train.batch_size": 4,
-            "train.warmup_steps": 1,
-        },
-    })
+    dag_run = dag.test(
+        run_conf={
+            "dataset_folder": str(folder),
+            "dataset_name": "boards",
+            "split": "0.5,0.25,0.25",
+            "config_overrides": {
+                "model.input_size": 96,
+                "model.backbone_weights": None,
+                "train.steps": 6,
+                "train.batch_size": 4,
+                "train.warmup_steps": 1,
+            },
+        }
+    )
     elapsed = time.monotonic() - started
-    assert states(dag_run) == {t: "skipped" if t == "download" else "success" for t in FULL_RUN_TASKS}, states(dag_run)
+    assert states(dag_run) == {t: "skipped" if t == "download" else "success" for t in FULL_RUN_TASKS}, (
+        states(dag_run)
+    )
     assert elapsed < 300, f"whole pipeline took {elapsed:.0f} s"
 
     source = result(dag_run, "wait_for_drop")
@@ -201,8 +224,12 @@ def test_no_ready_drop_skips_the_run(tmp_path, monkeypatch, airflow_db) -> None:
     dag = DagBag(dag_folder=str(REPO / "dags")).dags[DAG_ID]
     subset = dag.partial_subset(task_ids=["validate"], include_upstream=True)
     dag_run = subset.test()
-    assert states(dag_run) == {"download": "skipped", "wait_for_drop": "skipped", "validate": "skipped",
-                              "report": "skipped"}
+    assert states(dag_run) == {
+        "download": "skipped",
+        "wait_for_drop": "skipped",
+        "validate": "skipped",
+        "report": "skipped",
+    }
     assert not (root / "runs").exists()
 
 
@@ -210,5 +237,9 @@ def test_missing_dataset_folder_fails_the_sensor_with_the_path(local_dag, tmp_pa
     dag, _ = local_dag
     subset = dag.partial_subset(task_ids=["validate"], include_upstream=True)
     dag_run = subset.test(run_conf={"dataset_folder": str(tmp_path / "no-such-folder")})
-    assert states(dag_run) == {"download": "skipped", "wait_for_drop": "failed", "validate": "upstream_failed",
-                              "report": "upstream_failed"}
+    assert states(dag_run) == {
+        "download": "skipped",
+        "wait_for_drop": "failed",
+        "validate": "upstream_failed",
+        "report": "upstream_failed",
+    }

@@ -23,8 +23,19 @@ DAG_ID = "edgetpu_retrain"
 DATA_ROOT = "/srv/edgetpu-data"
 HEAVY = ("tensorflow", "keras", "pandas", "lxml", "PIL", "pycocotools", "ai_edge_litert", "numpy")
 ORDER = [
-    "download", "wait_for_drop", "validate", "build_dataset", "render_config", "train", "export",
-    "tflite", "edgetpu", "evaluate_float", "evaluate_int8", "promote", "report",
+    "download",
+    "wait_for_drop",
+    "validate",
+    "build_dataset",
+    "render_config",
+    "train",
+    "export",
+    "tflite",
+    "edgetpu",
+    "evaluate_float",
+    "evaluate_int8",
+    "promote",
+    "report",
 ]
 
 
@@ -80,12 +91,17 @@ def test_parsing_is_fast_and_imports_nothing_heavy_for_every_runner(tmp_path) ->
     """Fresh interpreter: parse the DAG with each runner; no TF/pandas/lxml/PIL/numpy gets imported."""
     env = {**os.environ, "EDGETPU_DATA_ROOT": DATA_ROOT, "AIRFLOW_HOME": str(tmp_path)}
     script = f"HEAVY = {HEAVY!r}\n" + PARSE_SCRIPT
-    proc = subprocess.run([sys.executable, "-c", script, str(DAGS)], env=env, capture_output=True, text=True,
-                          timeout=180)
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(DAGS)], env=env, capture_output=True, text=True, timeout=180
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result.pop("heavy") == []
-    types = {"docker": "DockerStepOperator", "local": "LocalStepOperator", "kubernetes": "KubernetesStepOperator"}
+    types = {
+        "docker": "DockerStepOperator",
+        "local": "LocalStepOperator",
+        "kubernetes": "KubernetesStepOperator",
+    }
     for runner, info in result.items():
         assert info["errors"] == {}, (runner, info["errors"])
         assert info["train_type"] == types[runner]
@@ -105,8 +121,20 @@ def test_schedule_and_run_limits(dag) -> None:
 def test_params_are_typed_with_defaults(dag) -> None:
     values = dag.params.validate()
     assert set(values) == {
-        "dataset_folder", "dataset_name", "manifest", "split", "seed", "base_model", "input_size", "steps",
-        "batch_size", "learning_rate", "backbone_weights", "config_overrides", "use_gpu", "require_compile",
+        "dataset_folder",
+        "dataset_name",
+        "manifest",
+        "split",
+        "seed",
+        "base_model",
+        "input_size",
+        "steps",
+        "batch_size",
+        "learning_rate",
+        "backbone_weights",
+        "config_overrides",
+        "use_gpu",
+        "require_compile",
         "promotion_tolerance",
     }
     assert values["split"] == "0.8,0.1,0.1" and values["base_model"] == "mobilenet_v2_ssd"
@@ -117,13 +145,24 @@ def test_params_are_typed_with_defaults(dag) -> None:
 @pytest.mark.parametrize(
     ("name", "value", "ok"),
     [
-        ("split", "0.7,0.2,0.1", True), ("split", "0.8, 0.1, 0.1", True), ("split", "1,0,0", True),
-        ("split", "80,10,10", False), ("split", "0.8;0.1;0.1", False), ("split", "0.8,0.2", False),
-        ("base_model", "mobilenet_v3_ssd", False), ("input_size", 96, True), ("input_size", 8, False),
-        ("input_size", None, True), ("steps", 0, False), ("learning_rate", 0, False),
-        ("learning_rate", 0.01, True), ("config_overrides", {"train.warmup_steps": 5}, True),
-        ("config_overrides", "train.steps=5", False), ("dataset_name", "../etc", False),
-        ("dataset_name", "shapes-v2", True), ("use_gpu", "yes", False),
+        ("split", "0.7,0.2,0.1", True),
+        ("split", "0.8, 0.1, 0.1", True),
+        ("split", "1,0,0", True),
+        ("split", "80,10,10", False),
+        ("split", "0.8;0.1;0.1", False),
+        ("split", "0.8,0.2", False),
+        ("base_model", "mobilenet_v3_ssd", False),
+        ("input_size", 96, True),
+        ("input_size", 8, False),
+        ("input_size", None, True),
+        ("steps", 0, False),
+        ("learning_rate", 0, False),
+        ("learning_rate", 0.01, True),
+        ("config_overrides", {"train.warmup_steps": 5}, True),
+        ("config_overrides", "train.steps=5", False),
+        ("dataset_name", "../etc", False),
+        ("dataset_name", "shapes-v2", True),
+        ("use_gpu", "yes", False),
     ],
 )
 def test_param_validation(dag, name, value, ok) -> None:
@@ -141,11 +180,24 @@ def test_task_order(dag) -> None:
     assert set(dag.task_dict) == set(ORDER)
     edges = {(t.task_id, d) for t in dag.tasks for d in t.downstream_task_ids}
     assert edges == {
-        ("download", "wait_for_drop"), ("wait_for_drop", "validate"), ("validate", "build_dataset"),
-        ("build_dataset", "render_config"), ("render_config", "train"), ("train", "export"),
-        ("export", "tflite"), ("tflite", "edgetpu"), ("tflite", "evaluate_float"), ("tflite", "evaluate_int8"),
-        ("edgetpu", "promote"), ("evaluate_float", "promote"), ("evaluate_int8", "promote"), ("promote", "report"),
-        ("edgetpu", "report"), ("evaluate_float", "report"), ("evaluate_int8", "report"), ("wait_for_drop", "report"),
+        ("download", "wait_for_drop"),
+        ("wait_for_drop", "validate"),
+        ("validate", "build_dataset"),
+        ("build_dataset", "render_config"),
+        ("render_config", "train"),
+        ("train", "export"),
+        ("export", "tflite"),
+        ("tflite", "edgetpu"),
+        ("tflite", "evaluate_float"),
+        ("tflite", "evaluate_int8"),
+        ("edgetpu", "promote"),
+        ("evaluate_float", "promote"),
+        ("evaluate_int8", "promote"),
+        ("promote", "report"),
+        ("edgetpu", "report"),
+        ("evaluate_float", "report"),
+        ("evaluate_int8", "report"),
+        ("wait_for_drop", "report"),
     }
     topo = [t.task_id for t in dag.topological_sort()] if hasattr(dag, "topological_sort") else None
     if topo:
@@ -193,41 +245,91 @@ def test_templates_render_to_commands(dag) -> None:
     results = {
         "wait_for_drop": SOURCE,
         "validate": {"out_dir": f"{RUN}/validation"},
-        "build_dataset": json.dumps({"dataset_dir": f"{DATA_ROOT}/datasets/shapes/d1",
-                                     "manifest": f"{DATA_ROOT}/datasets/shapes/d1/manifest.json"}),
+        "build_dataset": json.dumps(
+            {
+                "dataset_dir": f"{DATA_ROOT}/datasets/shapes/d1",
+                "manifest": f"{DATA_ROOT}/datasets/shapes/d1/manifest.json",
+            }
+        ),
         "render_config": {"config": f"{RUN}/config.yaml"},
         "tflite": {"int8": f"{RUN}/tflite/model_int8.tflite", "float": f"{RUN}/tflite/model_float.tflite"},
     }
-    conf = {"dataset_name": "shapes", "steps": 20, "input_size": 96, "split": "0.7, 0.2, 0.1",
-            "config_overrides": {"train.steps": 5, "model.backbone_weights": None}}
+    conf = {
+        "dataset_name": "shapes",
+        "steps": 20,
+        "input_size": 96,
+        "split": "0.7, 0.2, 0.1",
+        "config_overrides": {"train.steps": 5, "model.backbone_weights": None},
+    }
     assert render_argv(dag, "validate", conf, results) == [
-        "validate", "--images", "/srv/edgetpu-data/incoming/d1", "--out", f"{RUN}/validation"]
+        "validate",
+        "--images",
+        "/srv/edgetpu-data/incoming/d1",
+        "--out",
+        f"{RUN}/validation",
+    ]
     assert render_argv(dag, "build_dataset", conf, results) == [
-        "build-dataset", "--validated", f"{RUN}/validation", "--out", f"{DATA_ROOT}/datasets/shapes/d1",
-        "--split", "0.7,0.2,0.1", "--seed", "0"]
+        "build-dataset",
+        "--validated",
+        f"{RUN}/validation",
+        "--out",
+        f"{DATA_ROOT}/datasets/shapes/d1",
+        "--split",
+        "0.7,0.2,0.1",
+        "--seed",
+        "0",
+    ]
     # typed params become --set, config_overrides win over them
     assert render_argv(dag, "render_config", conf, results) == [
-        "render-config", "--dataset", f"{DATA_ROOT}/datasets/shapes/d1", "--base-model", "mobilenet_v2_ssd",
-        "--out", f"{RUN}/config.yaml", "--set", "model.backbone_weights=null", "--set", "model.input_size=96",
-        "--set", "train.steps=5"]
+        "render-config",
+        "--dataset",
+        f"{DATA_ROOT}/datasets/shapes/d1",
+        "--base-model",
+        "mobilenet_v2_ssd",
+        "--out",
+        f"{RUN}/config.yaml",
+        "--set",
+        "model.backbone_weights=null",
+        "--set",
+        "model.input_size=96",
+        "--set",
+        "train.steps=5",
+    ]
     assert render_argv(dag, "train", conf, results) == [
-        "train", "--config", f"{RUN}/config.yaml", "--out", f"{RUN}/train"]
+        "train",
+        "--config",
+        f"{RUN}/config.yaml",
+        "--out",
+        f"{RUN}/train",
+    ]
     assert render_argv(dag, "edgetpu", conf, results) == [
-        "edgetpu", "--tflite", f"{RUN}/tflite/model_int8.tflite", "--out", f"{RUN}/edgetpu"]
+        "edgetpu",
+        "--tflite",
+        f"{RUN}/tflite/model_int8.tflite",
+        "--out",
+        f"{RUN}/edgetpu",
+    ]
     assert "--require-compiler" in render_argv(dag, "edgetpu", {"require_compile": True}, results)
     report = render_argv(dag, "report", conf, results)
     assert report[:5] == ["report", "--run-dir", RUN, "--out", f"{RUN}/report"]
     assert "promote=null" in report and f"config={json.dumps(results['render_config'])}" in report
 
 
-@pytest.mark.parametrize(("weights", "expected"), [
-    ("none", ["--set", "model.backbone_weights=null"]), ("", []),
-    ("/srv/edgetpu-data/weights/mnv2.h5", ["--set", "model.backbone_weights=/srv/edgetpu-data/weights/mnv2.h5"]),
-])
+@pytest.mark.parametrize(
+    ("weights", "expected"),
+    [
+        ("none", ["--set", "model.backbone_weights=null"]),
+        ("", []),
+        (
+            "/srv/edgetpu-data/weights/mnv2.h5",
+            ["--set", "model.backbone_weights=/srv/edgetpu-data/weights/mnv2.h5"],
+        ),
+    ],
+)
 def test_backbone_weights_param(dag, weights, expected) -> None:
     results = {"build_dataset": {"dataset_dir": "/d"}}
     argv = render_argv(dag, "render_config", {"backbone_weights": weights}, results)
-    assert argv[argv.index("--out") + 2:] == expected
+    assert argv[argv.index("--out") + 2 :] == expected
 
 
 def test_missing_upstream_key_names_the_task(dag) -> None:
@@ -247,8 +349,10 @@ def test_dag_serializes_for_the_scheduler(dag) -> None:
 FAKE_RESULTS = {
     "wait_for_drop": SOURCE,
     "validate": {"out_dir": f"{RUN}/validation"},
-    "build_dataset": {"dataset_dir": f"{DATA_ROOT}/datasets/default/d1",
-                      "manifest": f"{DATA_ROOT}/datasets/default/d1/manifest.json"},
+    "build_dataset": {
+        "dataset_dir": f"{DATA_ROOT}/datasets/default/d1",
+        "manifest": f"{DATA_ROOT}/datasets/default/d1/manifest.json",
+    },
     "render_config": {"config": f"{RUN}/config.yaml"},
     "train": {"checkpoint": f"{RUN}/train/checkpoints/ckpt-10"},
     "export": {"saved_model": f"{RUN}/saved_model"},
@@ -265,8 +369,14 @@ def test_rendered_commands_match_the_verbs_flags(dag, task_id) -> None:
     """Each task's rendered argv is accepted by its verb's own argument parser (no step runs)."""
     from edgetpu_retrain import cli
 
-    conf = {"manifest": f"{DATA_ROOT}/manifests/new.txt", "require_compile": True, "use_gpu": True,
-            "steps": 100, "backbone_weights": "none", "config_overrides": {"train.warmup_steps": 5}}
+    conf = {
+        "manifest": f"{DATA_ROOT}/manifests/new.txt",
+        "require_compile": True,
+        "use_gpu": True,
+        "steps": 100,
+        "backbone_weights": "none",
+        "config_overrides": {"train.warmup_steps": 5},
+    }
     verb, *args = render_argv(dag, task_id, conf, FAKE_RESULTS)
     if importlib.util.find_spec(cli.VERBS[verb][0]) is None:
         pytest.skip(f"{verb}: step module not written yet")

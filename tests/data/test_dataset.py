@@ -11,12 +11,12 @@ import struct
 from pathlib import Path
 
 import pytest
-
 from conftest import copy_labelimg_folder
+
 from edgetpu_retrain import cli
-from edgetpu_retrain.data import dataset
-from edgetpu_retrain.data import tfrecord
 from edgetpu_retrain.common import UserError
+from edgetpu_retrain.data import dataset, tfrecord
+
 
 def _voc(xml_path: Path) -> dict:
     """The XML's own objects, read independently of validate (for cross-checks)."""
@@ -26,9 +26,17 @@ def _voc(xml_path: Path) -> dict:
     objects = []
     for obj in root.findall("object"):
         box = obj.find("bndbox")
-        objects.append({"class": obj.findtext("name").strip(),
-                        **{k: int(float(box.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")}})
-    return {"width": int(root.findtext("size/width")), "height": int(root.findtext("size/height")), "objects": objects}
+        objects.append(
+            {
+                "class": obj.findtext("name").strip(),
+                **{k: int(float(box.findtext(k))) for k in ("xmin", "ymin", "xmax", "ymax")},
+            }
+        )
+    return {
+        "width": int(root.findtext("size/width")),
+        "height": int(root.findtext("size/height")),
+        "objects": objects,
+    }
 
 
 def make_validated(images_dir: Path, out: Path) -> Path:
@@ -38,7 +46,11 @@ def make_validated(images_dir: Path, out: Path) -> Path:
 
 
 def sha_tree(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ------------------------------------------------------------------------------------------ fixtures
@@ -65,16 +77,31 @@ def test_crc32c_known_values_and_vectorized_matches_plain():
     assert tfrecord.crc32c(b"123456789") == 0xE3069283
     assert tfrecord.crc32c(b"") == 0
     rnd = __import__("random").Random(3)
-    buffers = [bytes(rnd.getrandbits(8) for _ in range(n)) for n in (0, 1, 4, 63, 64, 65, 255, 256, 257, 1000, 5000)]
+    buffers = [
+        bytes(rnd.getrandbits(8) for _ in range(n)) for n in (0, 1, 4, 63, 64, 65, 255, 256, 257, 1000, 5000)
+    ]
     assert tfrecord.crc32c_many(buffers) == [tfrecord._crc32c_py(b) for b in buffers]
 
 
 def test_example_and_framing_match_tensorflow(tmp_path):
     tf = pytest.importorskip("tensorflow")
     record = {
-        "filename": "a.jpg", "width": 640, "height": 480, "format": "jpeg",
+        "filename": "a.jpg",
+        "width": 640,
+        "height": 480,
+        "format": "jpeg",
         "objects": [
-            {"class": "RBC", "label": 1, "xmin": 0, "ymin": 5, "xmax": 640, "ymax": 480, "difficult": 1, "truncated": 0, "pose": "Left"},
+            {
+                "class": "RBC",
+                "label": 1,
+                "xmin": 0,
+                "ymin": 5,
+                "xmax": 640,
+                "ymax": 480,
+                "difficult": 1,
+                "truncated": 0,
+                "pose": "Left",
+            },
             {"class": "WBC", "label": 3, "xmin": 10, "ymin": 20, "xmax": 30, "ymax": 40},
         ],
     }
@@ -82,27 +109,34 @@ def test_example_and_framing_match_tensorflow(tmp_path):
     ours = tfrecord.encode_example(record, image)
     f = tf.train.Feature
     BL, FL, IL = tf.train.BytesList, tf.train.FloatList, tf.train.Int64List
-    expected = tf.train.Example(features=tf.train.Features(feature={
-        "image/encoded": f(bytes_list=BL(value=[image])),
-        "image/format": f(bytes_list=BL(value=[b"jpeg"])),
-        "image/height": f(int64_list=IL(value=[480])),
-        "image/width": f(int64_list=IL(value=[640])),
-        "image/filename": f(bytes_list=BL(value=[b"a.jpg"])),
-        "image/source_id": f(bytes_list=BL(value=[b"a.jpg"])),
-        "image/key/sha256": f(bytes_list=BL(value=[hashlib.sha256(image).hexdigest().encode()])),
-        "image/object/bbox/xmin": f(float_list=FL(value=[0.0, 10 / 640])),
-        "image/object/bbox/xmax": f(float_list=FL(value=[1.0, 30 / 640])),
-        "image/object/bbox/ymin": f(float_list=FL(value=[5 / 480, 20 / 480])),
-        "image/object/bbox/ymax": f(float_list=FL(value=[1.0, 40 / 480])),
-        "image/object/class/text": f(bytes_list=BL(value=[b"RBC", b"WBC"])),
-        "image/object/class/label": f(int64_list=IL(value=[1, 3])),
-        "image/object/difficult": f(int64_list=IL(value=[1, 0])),
-        "image/object/truncated": f(int64_list=IL(value=[0, 0])),
-        "image/object/view": f(bytes_list=BL(value=[b"Left", b"Unspecified"])),
-    }))
+    expected = tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "image/encoded": f(bytes_list=BL(value=[image])),
+                "image/format": f(bytes_list=BL(value=[b"jpeg"])),
+                "image/height": f(int64_list=IL(value=[480])),
+                "image/width": f(int64_list=IL(value=[640])),
+                "image/filename": f(bytes_list=BL(value=[b"a.jpg"])),
+                "image/source_id": f(bytes_list=BL(value=[b"a.jpg"])),
+                "image/key/sha256": f(bytes_list=BL(value=[hashlib.sha256(image).hexdigest().encode()])),
+                "image/object/bbox/xmin": f(float_list=FL(value=[0.0, 10 / 640])),
+                "image/object/bbox/xmax": f(float_list=FL(value=[1.0, 30 / 640])),
+                "image/object/bbox/ymin": f(float_list=FL(value=[5 / 480, 20 / 480])),
+                "image/object/bbox/ymax": f(float_list=FL(value=[1.0, 40 / 480])),
+                "image/object/class/text": f(bytes_list=BL(value=[b"RBC", b"WBC"])),
+                "image/object/class/label": f(int64_list=IL(value=[1, 3])),
+                "image/object/difficult": f(int64_list=IL(value=[1, 0])),
+                "image/object/truncated": f(int64_list=IL(value=[0, 0])),
+                "image/object/view": f(bytes_list=BL(value=[b"Left", b"Unspecified"])),
+            }
+        )
+    )
     assert ours == expected.SerializeToString(deterministic=True)
     background = tfrecord.encode_example({**record, "objects": []}, image)
-    assert tf.train.Example.FromString(background).features.feature["image/object/bbox/xmin"].float_list.value == []
+    assert (
+        tf.train.Example.FromString(background).features.feature["image/object/bbox/xmin"].float_list.value
+        == []
+    )
 
     # framing: byte-identical to tf.io.TFRecordWriter
     records = [ours, background, b"", b"x" * 70000]
@@ -138,8 +172,14 @@ def test_iter_records_detects_corruption(tmp_path):
 
 @pytest.mark.parametrize(
     "text, message",
-    [("0.8,0.2", "exactly three"), ("a,b,c", "not numbers"), ("0.8,0.3,-0.1", "non-negative"),
-     ("0.5,0.1,0.1", "sum to 1"), ("0,0.5,0.5", "train ratio"), ("nan,0.5,0.5", "non-negative")],
+    [
+        ("0.8,0.2", "exactly three"),
+        ("a,b,c", "not numbers"),
+        ("0.8,0.3,-0.1", "non-negative"),
+        ("0.5,0.1,0.1", "sum to 1"),
+        ("0,0.5,0.5", "train ratio"),
+        ("nan,0.5,0.5", "non-negative"),
+    ],
 )
 def test_parse_split_errors(text, message):
     with pytest.raises(UserError, match=message):
@@ -173,7 +213,9 @@ def test_stratified_split_deterministic_and_balanced():
     background = [n for n, c in images.items() if not c]
     assert abs(sum(1 for n in a["val"] if not images[n]) - 0.1 * len(background)) <= 2
     # a single-image class goes to train; a zero ratio gets nothing
-    b = dataset.stratified_split({"a.jpg": ["x"], "b.jpg": ["y"], "c.jpg": ["y"], "d.jpg": []}, (0.5, 0.5, 0.0), 3)
+    b = dataset.stratified_split(
+        {"a.jpg": ["x"], "b.jpg": ["y"], "c.jpg": ["y"], "d.jpg": []}, (0.5, 0.5, 0.0), 3
+    )
     assert "a.jpg" in b["train"] and any(n in b["train"] for n in ("b.jpg", "c.jpg")) and b["test"] == []
 
 
@@ -204,7 +246,10 @@ def test_bccd_examples_match_accepted_and_xml(bccd_built, bccd_dir):
     out, result = bccd_built
     manifest = json.loads((out / "manifest.json").read_text())
     ids = {c["name"]: c["id"] for c in manifest["classes"]}
-    accepted = {r["filename"]: r for r in json.loads((out.parent / "validated" / "accepted.json").read_text())["images"]}
+    accepted = {
+        r["filename"]: r
+        for r in json.loads((out.parent / "validated" / "accepted.json").read_text())["images"]
+    }
     f32 = lambda v: struct.unpack("<f", struct.pack("<f", v))[0]  # noqa: E731
     seen = {}
     same_as_xml = 0
@@ -257,7 +302,10 @@ def test_bccd_manifest_and_stratification(bccd_built):
     for split, ratio in (("train", 0.8), ("val", 0.1), ("test", 0.1)):
         for cls in ("WBC", "Platelets"):
             all_objects = sum(c["per_class"][cls] for c in counts.values())
-            assert abs(counts[split]["per_class"][cls] - ratio * all_objects) <= 0.05 * all_objects + 3, (split, cls)
+            assert abs(counts[split]["per_class"][cls] - ratio * all_objects) <= 0.05 * all_objects + 3, (
+                split,
+                cls,
+            )
 
 
 def test_rerun_is_byte_identical(bccd_built, bccd_validated, tmp_path, monkeypatch):
@@ -296,15 +344,28 @@ def test_png_kept_png_and_background_images(tmp_path, bccd_dir):
     result = dataset.build_dataset(validated, tmp_path / "ds", split=(1.0, 0.0, 0.0), shards=10, workers=1)
     assert result["tfrecords"]["val"] == [] and result["tfrecords"]["test"] == []
     # --shards is capped at the split's image count: 4 images -> 4 shards of one example
-    assert [Path(p).name for p in result["tfrecords"]["train"]] == [f"train.tfrecord-0000{i}-of-00004" for i in range(4)]
+    assert [Path(p).name for p in result["tfrecords"]["train"]] == [
+        f"train.tfrecord-0000{i}-of-00004" for i in range(4)
+    ]
     assert [len(list(tfrecord.iter_records(p))) for p in result["tfrecords"]["train"]] == [1, 1, 1, 1]
     manifest = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     zero = {c["name"]: 0 for c in manifest["classes"]}
-    assert manifest["tfrecords"]["val"] == [] and manifest["counts"]["val"] == {"images": 0, "objects": 0, "per_class": zero}
+    assert manifest["tfrecords"]["val"] == [] and manifest["counts"]["val"] == {
+        "images": 0,
+        "objects": 0,
+        "per_class": zero,
+    }
     assert not list((tmp_path / "ds" / "tfrecords").glob("val*"))
     assert (tmp_path / "ds" / "splits" / "val.txt").read_text() == ""
-    examples = {e["image/filename"][0].decode(): e for e in tfrecord.read_examples(result["tfrecords"]["train"])}
-    assert sorted(examples) == ["BloodImage_00000.jpg", "BloodImage_00001.png", "BloodImage_00002.jpg", "BloodImage_00003.jpg"]
+    examples = {
+        e["image/filename"][0].decode(): e for e in tfrecord.read_examples(result["tfrecords"]["train"])
+    }
+    assert sorted(examples) == [
+        "BloodImage_00000.jpg",
+        "BloodImage_00001.png",
+        "BloodImage_00002.jpg",
+        "BloodImage_00003.jpg",
+    ]
     png = examples["BloodImage_00001.png"]
     assert png["image/format"] == [b"png"]
     assert png["image/encoded"][0] == (images / "BloodImage_00001.png").read_bytes()
@@ -315,12 +376,18 @@ def test_png_kept_png_and_background_images(tmp_path, bccd_dir):
     rows = (tmp_path / "ds" / "annotations.csv").read_text().splitlines()
     assert not any(r.startswith("BloodImage_00003.jpg") for r in rows)
     tf = pytest.importorskip("tensorflow")  # the tf.data parser decodes both formats
-    ds = tf.data.TFRecordDataset(result["tfrecords"]["train"]).map(lambda x: tfrecord.parse_example(x, decode_image=True))
+    ds = tf.data.TFRecordDataset(result["tfrecords"]["train"]).map(
+        lambda x: tfrecord.parse_example(x, decode_image=True)
+    )
     for parsed in ds:
         name = parsed["image/filename"].numpy().decode()
         assert parsed["image"].shape == (480, 640, 3) and parsed["image"].dtype == tf.uint8
         assert parsed["boxes"].numpy().tolist() == [
-            list(b) for b in zip(*(examples[name][f"image/object/bbox/{k}"] for k in ("ymin", "xmin", "ymax", "xmax")))
+            list(b)
+            for b in zip(
+                *(examples[name][f"image/object/bbox/{k}"] for k in ("ymin", "xmin", "ymax", "xmax")),
+                strict=False,
+            )
         ]
     assert "BloodImage_00003.jpg\n" in (tmp_path / "ds" / "splits" / "train.txt").read_text()
 
@@ -361,13 +428,30 @@ def test_errors_name_the_file(tmp_path, bccd_validated):
 
 def test_cli_build_dataset(tmp_path, bccd_validated, capsys):
     out = tmp_path / "ds"
-    code = cli.main(["build-dataset", "--validated", str(bccd_validated), "--out", str(out),
-                     "--split", "0.7,0.2,0.1", "--seed", "5", "--shards", "1", "--workers", "1"])
+    code = cli.main(
+        [
+            "build-dataset",
+            "--validated",
+            str(bccd_validated),
+            "--out",
+            str(out),
+            "--split",
+            "0.7,0.2,0.1",
+            "--seed",
+            "5",
+            "--shards",
+            "1",
+            "--workers",
+            "1",
+        ]
+    )
     assert code == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["dataset_dir"] == str(out.resolve())
     assert line["manifest"] == str(out.resolve() / "manifest.json")
-    assert all(len(v) == 1 and os.path.isabs(v[0]) and os.path.isfile(v[0]) for v in line["tfrecords"].values())
+    assert all(
+        len(v) == 1 and os.path.isabs(v[0]) and os.path.isfile(v[0]) for v in line["tfrecords"].values()
+    )
     assert json.loads((out / "manifest.json").read_text())["seed"] == 5
     code = cli.main(["build-dataset", "--validated", str(tmp_path / "nope"), "--out", str(out)])
     assert code == 2

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from edgetpu_retrain import cli
-from edgetpu_retrain.data import demo
 from edgetpu_retrain.common import UserError
+from edgetpu_retrain.data import demo
 
 
 def sha_tree(root: Path) -> dict[str, str]:
@@ -42,7 +42,15 @@ def test_xml_is_labelimg_voc_and_boxes_inside(demo_dir):
     total = 0
     for xml in sorted(out.glob("*.xml")):
         root = etree.parse(str(xml)).getroot()
-        assert [c.tag for c in root][:7] == ["folder", "filename", "path", "source", "size", "segmented", "object"]
+        assert [c.tag for c in root][:7] == [
+            "folder",
+            "filename",
+            "path",
+            "source",
+            "size",
+            "segmented",
+            "object",
+        ]
         assert root.findtext("folder") == out.name
         assert root.findtext("filename") == xml.with_suffix(".jpg").name
         assert root.findtext("path") == str(xml.with_suffix(".jpg").resolve())
@@ -57,7 +65,11 @@ def test_xml_is_labelimg_voc_and_boxes_inside(demo_dir):
         for obj in objects:
             assert [c.tag for c in obj] == ["name", "pose", "truncated", "difficult", "bndbox"]
             assert obj.findtext("name") in demo.CLASSES
-            assert (obj.findtext("pose"), obj.findtext("truncated"), obj.findtext("difficult")) == ("Unspecified", "0", "0")
+            assert (obj.findtext("pose"), obj.findtext("truncated"), obj.findtext("difficult")) == (
+                "Unspecified",
+                "0",
+                "0",
+            )
             b = [int(obj.findtext(f"bndbox/{k}")) for k in ("xmin", "ymin", "xmax", "ymax")]
             assert 1 <= b[0] < b[2] <= w - 1 and 1 <= b[1] < b[3] <= h - 1
             assert b[2] - b[0] >= 0.1 * w  # large objects
@@ -94,9 +106,18 @@ def test_deterministic(demo_dir, tmp_path):
     other = tmp_path / "drop"
     demo.make_demo(other, images=24, size=256, seed=3)  # other OUT: only <folder>/<path> differ
     again = sha_tree(other)
-    assert {k: v for k, v in again.items() if k.endswith(".jpg")} == {k: v for k, v in before.items() if k.endswith(".jpg")}
-    xml_a = (out / "shapes_0005.xml").read_text().replace(str(out.resolve()), "X").replace(f">{out.name}<", ">F<")
-    xml_b = (other / "shapes_0005.xml").read_text().replace(str(other.resolve()), "X").replace(f">{other.name}<", ">F<")
+    assert {k: v for k, v in again.items() if k.endswith(".jpg")} == {
+        k: v for k, v in before.items() if k.endswith(".jpg")
+    }
+    xml_a = (
+        (out / "shapes_0005.xml").read_text().replace(str(out.resolve()), "X").replace(f">{out.name}<", ">F<")
+    )
+    xml_b = (
+        (other / "shapes_0005.xml")
+        .read_text()
+        .replace(str(other.resolve()), "X")
+        .replace(f">{other.name}<", ">F<")
+    )
     assert xml_a == xml_b
     demo.make_demo(other, images=24, size=256, seed=4)
     assert sha_tree(other)["shapes_0000.jpg"] != before["shapes_0000.jpg"]
@@ -112,7 +133,10 @@ def test_validate_accepts_demo_data(demo_dir, tmp_path, capsys):
 
 
 def test_cli_and_errors(tmp_path, capsys):
-    assert cli.main(["demo-data", "--out", str(tmp_path / "d"), "--images", "3", "--size", "128", "--seed", "1"]) == 0
+    assert (
+        cli.main(["demo-data", "--out", str(tmp_path / "d"), "--images", "3", "--size", "128", "--seed", "1"])
+        == 0
+    )
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(line) >= {"out_dir", "images", "objects", "classes"}
     assert line["images"] == 3 and Path(line["out_dir"], "READY").is_file()

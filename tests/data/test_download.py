@@ -29,14 +29,15 @@ import pytest
 from PIL import Image
 
 from edgetpu_retrain import cli
-from edgetpu_retrain.data import download
 from edgetpu_retrain.common import UserError, sha256_bytes
+from edgetpu_retrain.data import download
 from edgetpu_retrain.data.download import FetchOptions
 
 TRAVERSAL = "/..%2F..%2Fetc%2Fpasswd.jpg"
 MAX_BYTES = 100_000
-FAST = FetchOptions(connect_timeout=2.0, read_timeout=0.5, max_bytes=MAX_BYTES, retries=2, backoff=0.01,
-                    max_redirects=3)
+FAST = FetchOptions(
+    connect_timeout=2.0, read_timeout=0.5, max_bytes=MAX_BYTES, retries=2, backoff=0.01, max_redirects=3
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -58,9 +59,15 @@ class Site:
 Route = Callable[[BaseHTTPRequestHandler, int], None]
 
 
-def _send(handler: BaseHTTPRequestHandler, status: int, body: bytes = b"", *,
-          content_type: str = "image/jpeg", headers: dict[str, str] | None = None,
-          length: int | None = None) -> None:
+def _send(
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    body: bytes = b"",
+    *,
+    content_type: str = "image/jpeg",
+    headers: dict[str, str] | None = None,
+    length: int | None = None,
+) -> None:
     handler.send_response(status)
     handler.send_header("Content-Type", content_type)
     if length is not None:
@@ -76,8 +83,9 @@ def _image_route(data: bytes, content_type: str = "image/jpeg") -> Route:
 
 
 def _redirect_route(location: str) -> Route:
-    return lambda h, _n: _send(h, 302, b"", content_type="text/plain", headers={"Location": location},
-                               length=0)
+    return lambda h, _n: _send(
+        h, 302, b"", content_type="text/plain", headers={"Location": location}, length=0
+    )
 
 
 def _build_routes(images: dict[str, bytes], stop: threading.Event) -> dict[str, Route]:
@@ -144,8 +152,9 @@ def _load_images(microcontroller_dir: Path, copy_dir: Path) -> dict[str, bytes]:
 
 
 @contextlib.contextmanager
-def _serve(routes: dict[str, Route], *,
-           tls: ssl.SSLContext | None = None) -> Iterator[tuple[str, Counter[str]]]:
+def _serve(
+    routes: dict[str, Route], *, tls: ssl.SSLContext | None = None
+) -> Iterator[tuple[str, Counter[str]]]:
     """Run a ThreadingHTTPServer on 127.0.0.1 (port 0) until the block ends -> (base URL, hits per path)."""
     hits: Counter[str] = Counter()
     lock = threading.Lock()
@@ -239,8 +248,9 @@ def test_parse_manifest_plain_and_csv(tmp_path: Path) -> None:
         download.ManifestEntry(line=4, url="https://b/y.png"),
     ]
     sha = "ab" * 32
-    text = (f"# header next\nFilename, URL ,sha256\nmine.jpg,http://a/x.jpg,{sha.upper()}\n"
-            ',"http://a/z,1.jpg",\n')
+    text = (
+        f'# header next\nFilename, URL ,sha256\nmine.jpg,http://a/x.jpg,{sha.upper()}\n,"http://a/z,1.jpg",\n'
+    )
     assert download.parse_manifest(text, manifest=m) == [
         download.ManifestEntry(line=3, url="http://a/x.jpg", sha256=sha, filename="mine.jpg"),
         download.ManifestEntry(line=4, url="http://a/z,1.jpg"),
@@ -313,23 +323,51 @@ def test_backoff_doubles_and_retries_stop_on_4xx() -> None:
 
 def test_download_outcomes_files_and_resume(site: Site, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    paths = ["/img/good.jpg", "/missing.jpg", "/flaky.jpg", "/slow.jpg", "/big.jpg", "/big-stream.jpg",
-             "/page.jpg", "/redirect.jpg", "/redirect-ftp.jpg", "/loop.jpg", "/dup-a.jpg", "/dup-b.jpg",
-             TRAVERSAL, "/img/pic.png", "/img/misnamed.jpg", "/always500.jpg"]
+    paths = [
+        "/img/good.jpg",
+        "/missing.jpg",
+        "/flaky.jpg",
+        "/slow.jpg",
+        "/big.jpg",
+        "/big-stream.jpg",
+        "/page.jpg",
+        "/redirect.jpg",
+        "/redirect-ftp.jpg",
+        "/loop.jpg",
+        "/dup-a.jpg",
+        "/dup-b.jpg",
+        TRAVERSAL,
+        "/img/pic.png",
+        "/img/misnamed.jpg",
+        "/always500.jpg",
+    ]
     urls = [site.url(p) for p in paths]
-    manifest = _write_manifest(tmp_path / "urls.txt", ["# stand-in internet", *urls, "ftp://127.0.0.1/x.jpg",
-                                                       site.url("/img/good.jpg")])
+    manifest = _write_manifest(
+        tmp_path / "urls.txt",
+        ["# stand-in internet", *urls, "ftp://127.0.0.1/x.jpg", site.url("/img/good.jpg")],
+    )
     delays: list[float] = []
     result = download.download(manifest=manifest, out_dir=out, options=FAST, sleep=delays.append)
 
     by_url = _entries(out)
     status = {p: by_url[site.url(p)]["status"] for p in paths}
     assert status == {
-        "/img/good.jpg": "downloaded", "/missing.jpg": "failed", "/flaky.jpg": "downloaded",
-        "/slow.jpg": "failed", "/big.jpg": "failed", "/big-stream.jpg": "failed", "/page.jpg": "failed",
-        "/redirect.jpg": "downloaded", "/redirect-ftp.jpg": "failed", "/loop.jpg": "failed",
-        "/dup-a.jpg": "downloaded", "/dup-b.jpg": "duplicate", TRAVERSAL: "downloaded",
-        "/img/pic.png": "downloaded", "/img/misnamed.jpg": "downloaded", "/always500.jpg": "failed",
+        "/img/good.jpg": "downloaded",
+        "/missing.jpg": "failed",
+        "/flaky.jpg": "downloaded",
+        "/slow.jpg": "failed",
+        "/big.jpg": "failed",
+        "/big-stream.jpg": "failed",
+        "/page.jpg": "failed",
+        "/redirect.jpg": "downloaded",
+        "/redirect-ftp.jpg": "failed",
+        "/loop.jpg": "failed",
+        "/dup-a.jpg": "downloaded",
+        "/dup-b.jpg": "duplicate",
+        TRAVERSAL: "downloaded",
+        "/img/pic.png": "downloaded",
+        "/img/misnamed.jpg": "downloaded",
+        "/always500.jpg": "failed",
     }
 
     def entry(path: str) -> dict:
@@ -373,20 +411,38 @@ def test_download_outcomes_files_and_resume(site: Site, tmp_path: Path) -> None:
     assert (out / "passwd.jpg").read_bytes() == site.images["traversal"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "served", "urls.txt"]
     assert result == {
-        "out_dir": str(out), "report": str(out / download.REPORT_NAME), "downloaded": 7, "skipped": 0,
-        "duplicates": 2, "failed": 9, "files": [str(out / e["file"]) for e in report["entries"]
-                                                if e["status"] == "downloaded"],
+        "out_dir": str(out),
+        "report": str(out / download.REPORT_NAME),
+        "downloaded": 7,
+        "skipped": 0,
+        "duplicates": 2,
+        "failed": 9,
+        "files": [str(out / e["file"]) for e in report["entries"] if e["status"] == "downloaded"],
     }
-    assert report["summary"] == {"downloaded": 7, "duplicate": 2, "failed": 9, "skipped_existing": 0,
-                                 "total": 18}
+    assert report["summary"] == {
+        "downloaded": 7,
+        "duplicate": 2,
+        "failed": 9,
+        "skipped_existing": 0,
+        "total": 18,
+    }
 
     # resume: the same manifest again -> no request for anything already on disk, same report bytes
     before = (out / download.REPORT_NAME).read_bytes()
     hits_before = Counter(site.hits)
     again = download.download(manifest=manifest, out_dir=out, options=FAST, sleep=lambda _s: None)
     assert (out / download.REPORT_NAME).read_bytes() == before
-    for path in ("/img/good.jpg", "/flaky.jpg", "/redirect.jpg", "/img/target.jpg", "/dup-a.jpg",
-                 "/dup-b.jpg", TRAVERSAL, "/img/pic.png", "/img/misnamed.jpg"):
+    for path in (
+        "/img/good.jpg",
+        "/flaky.jpg",
+        "/redirect.jpg",
+        "/img/target.jpg",
+        "/dup-a.jpg",
+        "/dup-b.jpg",
+        TRAVERSAL,
+        "/img/pic.png",
+        "/img/misnamed.jpg",
+    ):
         assert site.hits[path] == hits_before[path], path
     assert site.hits["/missing.jpg"] == hits_before["/missing.jpg"] + 1  # failures are tried again
     assert (again["downloaded"], again["skipped"], again["duplicates"], again["failed"]) == (0, 7, 2, 9)
@@ -398,8 +454,9 @@ def test_name_collision_never_overwrites(site: Site, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
     (out / "good.jpg").write_bytes(site.images["extra"])  # someone else's photo under the same name
-    manifest = _write_manifest(tmp_path / "urls.txt", [site.url("/img/good.jpg"), site.url("/a/same.jpg"),
-                                                       site.url("/b/same.jpg")])
+    manifest = _write_manifest(
+        tmp_path / "urls.txt", [site.url("/img/good.jpg"), site.url("/a/same.jpg"), site.url("/b/same.jpg")]
+    )
     download.download(manifest=manifest, out_dir=out, options=FAST)
     by_url = _entries(out)
     good_sha = sha256_bytes(site.images["good"])
@@ -459,14 +516,31 @@ def test_exit_policy(site: Site, tmp_path: Path) -> None:
 def test_cli_prints_json_last_line(site: Site, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     manifest = _write_manifest(tmp_path / "urls.txt", [site.url("/img/good.jpg"), site.url("/missing.jpg")])
-    flags = ["--timeout-connect", "2", "--timeout-read", "0.5", "--max-bytes", "100k", "--retries", "1",
-             "--backoff", "0.01"]
+    flags = [
+        "--timeout-connect",
+        "2",
+        "--timeout-read",
+        "0.5",
+        "--max-bytes",
+        "100k",
+        "--retries",
+        "1",
+        "--backoff",
+        "0.01",
+    ]
     rc = cli.main(["download", "--manifest", str(manifest), "--out", str(out), *flags])
     captured = capsys.readouterr()
     assert rc == 0
     line = json.loads(captured.out.strip().splitlines()[-1])
-    assert line == {"out_dir": str(out), "report": str(out / download.REPORT_NAME), "downloaded": 1,
-                    "skipped": 0, "duplicates": 0, "failed": 1, "files": [str(out / "good.jpg")]}
+    assert line == {
+        "out_dir": str(out),
+        "report": str(out / download.REPORT_NAME),
+        "downloaded": 1,
+        "skipped": 0,
+        "duplicates": 0,
+        "failed": 1,
+        "files": [str(out / "good.jpg")],
+    }
     rc = cli.main(["download", "--manifest", str(manifest), "--out", str(out), "--fail-on-error", *flags])
     captured = capsys.readouterr()
     assert rc == 2 and captured.out == ""
@@ -492,15 +566,39 @@ def self_signed_cert(tmp_path: Path) -> tuple[Path, Path]:
     if shutil.which("openssl") is None:
         pytest.skip("openssl CLI not installed: cannot make a test certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
-def test_https_verifies_certificates(self_signed_cert: tuple[Path, Path], microcontroller_dir: Path,
-                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_https_verifies_certificates(
+    self_signed_cert: tuple[Path, Path],
+    microcontroller_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     cert, key = self_signed_cert
     photo = sorted((microcontroller_dir / "images").glob("*.jpg"))[0].read_bytes()
     tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

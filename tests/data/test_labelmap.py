@@ -24,7 +24,10 @@ def last_json(capsys) -> dict:
 def test_format_is_the_od_api_layout_and_round_trips(tmp_path):
     items = [LabelItem(1, "cat"), LabelItem(2, "dog's toy", "Dog toy"), LabelItem(3, 'back\\slash "q"')]
     text = format_label_map(items)
-    assert text.startswith("item {\n  id: 1\n  name: 'cat'\n}\n\nitem {\n  id: 2\n  name: 'dog\\'s toy'\n  display_name: 'Dog toy'\n}\n")
+    assert text.startswith(
+        "item {\n  id: 1\n  name: 'cat'\n}\n\nitem {\n  id: 2\n  name: 'dog\\'s toy'\n  display_name: 'Dog "
+        "toy'\n}\n"
+    )
     assert parse_label_map(text) == items
     path = write_label_map(tmp_path / "lm.pbtxt", items)
     assert read_label_map(path) == items
@@ -41,7 +44,11 @@ def test_parse_accepts_quotes_comments_whitespace_and_any_order():
     name:
       'WBC'}
     """
-    assert parse_label_map(text) == [LabelItem(1, "Platelets", "Platelets (PLT)"), LabelItem(2, "RBC"), LabelItem(3, "WBC")]
+    assert parse_label_map(text) == [
+        LabelItem(1, "Platelets", "Platelets (PLT)"),
+        LabelItem(2, "RBC"),
+        LabelItem(3, "WBC"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -72,7 +79,11 @@ def test_parse_errors_name_file_line_and_fix(tmp_path, text, needle):
 
 
 def test_generate_sorts_and_numbers_from_one():
-    assert generate(["WBC", "RBC", "Platelets", "RBC"]) == [LabelItem(1, "Platelets"), LabelItem(2, "RBC"), LabelItem(3, "WBC")]
+    assert generate(["WBC", "RBC", "Platelets", "RBC"]) == [
+        LabelItem(1, "Platelets"),
+        LabelItem(2, "RBC"),
+        LabelItem(3, "WBC"),
+    ]
     with pytest.raises(UserError):
         generate([])
 
@@ -93,7 +104,12 @@ def test_cli_show_generate_append_check(tmp_path, capsys, microcontroller_dir):
     assert cli.main(["labelmap", "generate", "--annotations", ann, "--out", str(out)]) == 0
     result = last_json(capsys)
     assert result["path"] == str(out)
-    assert [c["name"] for c in result["classes"]] == ["Arduino_Nano", "ESP8266", "Heltec_ESP32_Lora", "Raspberry_Pi_3"]
+    assert [c["name"] for c in result["classes"]] == [
+        "Arduino_Nano",
+        "ESP8266",
+        "Heltec_ESP32_Lora",
+        "Raspberry_Pi_3",
+    ]
     assert [c["id"] for c in result["classes"]] == [1, 2, 3, 4]
 
     assert cli.main(["labelmap", "show", str(out)]) == 0
@@ -106,7 +122,12 @@ def test_cli_show_generate_append_check(tmp_path, capsys, microcontroller_dir):
     assert "'Arduino_Nano', 'ESP8266', 'Heltec_ESP32_Lora'" in err
 
     appended = tmp_path / "appended.pbtxt"
-    assert cli.main(["labelmap", "append", "--label-map", str(partial), "--annotations", ann, "--out", str(appended)]) == 0
+    assert (
+        cli.main(
+            ["labelmap", "append", "--label-map", str(partial), "--annotations", ann, "--out", str(appended)]
+        )
+        == 0
+    )
     result = last_json(capsys)
     assert result["added"] == ["Arduino_Nano", "ESP8266", "Heltec_ESP32_Lora"]
     assert result["classes"][0] == {"id": 1, "name": "Raspberry_Pi_3"}
@@ -119,15 +140,29 @@ def test_cli_case_variants_are_misspellings_not_classes(tmp_path, capsys):
 
     ann = tmp_path / "ann"
     ann.mkdir()
-    (ann / "a.xml").write_text(voc_xml("a.jpg", 64, 48, [("RBC", 1, 1, 9, 9), ("RBC", 2, 2, 9, 9), ("rbc", 1, 1, 5, 5), ("Sickle cell", 1, 1, 5, 5)]))
+    (ann / "a.xml").write_text(
+        voc_xml(
+            "a.jpg",
+            64,
+            48,
+            [("RBC", 1, 1, 9, 9), ("RBC", 2, 2, 9, 9), ("rbc", 1, 1, 5, 5), ("Sickle cell", 1, 1, 5, 5)],
+        )
+    )
     (ann / "b.xml").write_text("<not closed")
     out = tmp_path / "lm.pbtxt"
     assert cli.main(["labelmap", "generate", "--annotations", str(ann), "--out", str(out)]) == 0
     result = last_json(capsys)
-    assert [c["name"] for c in result["classes"]] == ["RBC", "Sickle cell"] and result["misspellings"] == ["rbc"]
+    assert [c["name"] for c in result["classes"]] == ["RBC", "Sickle cell"] and result["misspellings"] == [
+        "rbc"
+    ]
     existing = tmp_path / "existing.pbtxt"
     write_label_map(existing, [LabelItem(1, "sickle_cell")])
-    assert cli.main(["labelmap", "append", "--label-map", str(existing), "--annotations", str(ann), "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            ["labelmap", "append", "--label-map", str(existing), "--annotations", str(ann), "--out", str(out)]
+        )
+        == 0
+    )
     result = last_json(capsys)
     assert result["added"] == ["RBC"] and result["misspellings"] == ["Sickle cell", "rbc"]
     assert read_label_map(out) == [LabelItem(1, "sickle_cell"), LabelItem(2, "RBC")]

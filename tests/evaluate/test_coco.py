@@ -12,20 +12,25 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from edgetpu_retrain import cli  # noqa: E402
-from edgetpu_retrain.evaluate import runtime as detector_runtime  # noqa: E402
-from edgetpu_retrain.evaluate import coco as evaluate  # noqa: E402
-from edgetpu_retrain.evaluate.runtime import Detections, Detector, decode_image, resize_to_input  # noqa: E402
-
 from tiny_models import CLASSES, SIZE  # noqa: E402
 from tiny_models import cli_json as _cli_json  # noqa: E402
+
+from edgetpu_retrain import cli  # noqa: E402
+from edgetpu_retrain.evaluate import coco as evaluate  # noqa: E402
+from edgetpu_retrain.evaluate import runtime as detector_runtime  # noqa: E402
+from edgetpu_retrain.evaluate.runtime import Detections, Detector, decode_image, resize_to_input  # noqa: E402
 
 CLS = [(1, "a"), (2, "b"), (3, "c")]
 
 
 def _gt():
     return [
-        {"width": 800, "height": 600, "boxes": np.array([[0.1, 0.1, 0.5, 0.4], [0.5, 0.5, 0.9, 0.95]]), "labels": np.array([1, 2])},
+        {
+            "width": 800,
+            "height": 600,
+            "boxes": np.array([[0.1, 0.1, 0.5, 0.4], [0.5, 0.5, 0.9, 0.95]]),
+            "labels": np.array([1, 2]),
+        },
         {"width": 640, "height": 480, "boxes": np.array([[0.2, 0.3, 0.6, 0.7]]), "labels": np.array([2])},
         {"width": 300, "height": 300, "boxes": np.zeros((0, 4)), "labels": np.zeros((0,), np.int64)},
     ]
@@ -33,19 +38,33 @@ def _gt():
 
 def test_coco_eval_detections_equal_ground_truth():
     gt = _gt()
-    dets = [{"boxes": g["boxes"], "classes": g["labels"] - 1, "scores": np.full(len(g["labels"]), 0.9)} for g in gt]
+    dets = [
+        {"boxes": g["boxes"], "classes": g["labels"] - 1, "scores": np.full(len(g["labels"]), 0.9)}
+        for g in gt
+    ]
     r = evaluate.coco_eval(gt, dets, CLS)
     assert r["map"] == 1.0 and r["map50"] == 1.0
-    assert r["per_class"] == {"a": {"ap": 1.0, "ap50": 1.0, "objects": 1}, "b": {"ap": 1.0, "ap50": 1.0, "objects": 2},
-                              "c": {"ap": None, "ap50": None, "objects": 0}}
+    assert r["per_class"] == {
+        "a": {"ap": 1.0, "ap50": 1.0, "objects": 1},
+        "b": {"ap": 1.0, "ap50": 1.0, "objects": 2},
+        "c": {"ap": None, "ap50": None, "objects": 0},
+    }
     assert r["objects"] == 3 and r["detections"] == 3
 
 
 def test_coco_eval_wrong_class_shifted_box_and_nothing():
     gt = _gt()
     dets = [
-        {"boxes": gt[0]["boxes"], "classes": np.array([0, 0]), "scores": np.array([0.9, 0.8])},  # 2nd: wrong class
-        {"boxes": gt[1]["boxes"] + [0.1, 0.0, 0.1, 0.0], "classes": np.array([1]), "scores": np.array([0.7])},  # IoU 0.6
+        {
+            "boxes": gt[0]["boxes"],
+            "classes": np.array([0, 0]),
+            "scores": np.array([0.9, 0.8]),
+        },  # 2nd: wrong class
+        {
+            "boxes": gt[1]["boxes"] + [0.1, 0.0, 0.1, 0.0],
+            "classes": np.array([1]),
+            "scores": np.array([0.7]),
+        },  # IoU 0.6
         {"boxes": np.zeros((0, 4)), "classes": np.zeros(0, np.int64), "scores": np.zeros(0)},
     ]
     r = evaluate.coco_eval(gt, dets, CLS)
@@ -67,17 +86,32 @@ class _Oracle(Detector):
 
     def _run(self, batch):
         boxes, labels = self.answers[batch[0].tobytes()]
-        return Detections(boxes.astype(np.float32), labels - 1, np.linspace(0.9, 0.5, len(labels)).astype(np.float32))
+        return Detections(
+            boxes.astype(np.float32), labels - 1, np.linspace(0.9, 0.5, len(labels)).astype(np.float32)
+        )
 
 
 def test_evaluate_cli_oracle_gives_map_1(micro_snapshot, tmp_path, monkeypatch):
     examples, _ = evaluate.load_split(micro_snapshot, "test")
-    answers = {resize_to_input(decode_image(ex["encoded"]), (SIZE, SIZE)).tobytes(): (ex["boxes"], ex["labels"])
-               for ex in examples}
+    answers = {
+        resize_to_input(decode_image(ex["encoded"]), (SIZE, SIZE)).tobytes(): (ex["boxes"], ex["labels"])
+        for ex in examples
+    }
     monkeypatch.setattr(detector_runtime, "open_detector", lambda path, num_threads=None: _Oracle(answers))
     out = tmp_path / "eval.json"
-    line = _cli_json(["evaluate", "--dataset", str(micro_snapshot), "--split", "test", "--model", "whatever",
-                      "--out", str(out)])
+    line = _cli_json(
+        [
+            "evaluate",
+            "--dataset",
+            str(micro_snapshot),
+            "--split",
+            "test",
+            "--model",
+            "whatever",
+            "--out",
+            str(out),
+        ]
+    )
     assert line["map"] == 1.0 and line["map50"] == 1.0 and line["images"] == 4
     assert json.loads(out.read_text()) == line
     present = {n: v for n, v in line["per_class"].items() if v["objects"]}
@@ -86,8 +120,23 @@ def test_evaluate_cli_oracle_gives_map_1(micro_snapshot, tmp_path, monkeypatch):
 
 def test_evaluate_cli_int8_vs_saved_model(tiny_run, tiny_tflite, micro_snapshot, tmp_path):
     out = tmp_path / "eval.json"
-    line = _cli_json(["evaluate", "--dataset", str(micro_snapshot), "--split", "test", "--model", tiny_tflite["int8"],
-                      "--compare", str(tiny_run["saved_model"]), "--out", str(out), "--score-threshold", "0.0"])
+    line = _cli_json(
+        [
+            "evaluate",
+            "--dataset",
+            str(micro_snapshot),
+            "--split",
+            "test",
+            "--model",
+            tiny_tflite["int8"],
+            "--compare",
+            str(tiny_run["saved_model"]),
+            "--out",
+            str(out),
+            "--score-threshold",
+            "0.0",
+        ]
+    )
     assert json.loads(out.read_text()) == line
     assert line["model_kind"] == "tflite_int8" and line["compare"]["model_kind"] == "saved_model"
     for r in (line, line["compare"]):
@@ -95,11 +144,15 @@ def test_evaluate_cli_int8_vs_saved_model(tiny_run, tiny_tflite, micro_snapshot,
         assert 0.0 <= r["map"] <= r["map50"] <= 1.0 and r["latency_ms"] > 0
         assert set(r["per_class"]) == set(CLASSES) and r["input_size"] == [SIZE, SIZE]
     assert line["drop_reference"] == {"float": str(tiny_run["saved_model"]), "int8": tiny_tflite["int8"]}
-    assert line["quantization_drop_map50"] == pytest.approx((line["compare"]["map50"] - line["map50"]) * 100, abs=1e-3)
+    assert line["quantization_drop_map50"] == pytest.approx(
+        (line["compare"]["map50"] - line["map50"]) * 100, abs=1e-3
+    )
     # deterministic: the same metrics again (latency aside)
     again = evaluate.evaluate(micro_snapshot, "test", [tiny_tflite["int8"]])
     strip = lambda r: {k: v for k, v in r.items() if k not in ("latency_ms", "compare", "out")}  # noqa: E731
-    assert strip(again) == {k: v for k, v in strip(line).items() if not k.startswith(("quantization", "drop"))}
+    assert strip(again) == {
+        k: v for k, v in strip(line).items() if not k.startswith(("quantization", "drop"))
+    }
 
 
 def test_evaluate_float_tflite_and_bad_split(tiny_tflite, micro_snapshot, tmp_path):
@@ -107,6 +160,17 @@ def test_evaluate_float_tflite_and_bad_split(tiny_tflite, micro_snapshot, tmp_pa
     assert r["model_kind"] == "tflite_float" and r["detections"] == 4  # only the deterministic winner >= 0.5
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()):
-        code = cli.main(["evaluate", "--dataset", str(micro_snapshot), "--split", "val", "--model",
-                         tiny_tflite["float"], "--out", str(tmp_path / "e.json")])
+        code = cli.main(
+            [
+                "evaluate",
+                "--dataset",
+                str(micro_snapshot),
+                "--split",
+                "val",
+                "--model",
+                tiny_tflite["float"],
+                "--out",
+                str(tmp_path / "e.json"),
+            ]
+        )
     assert code == 2 and "'val' split is empty" in stderr.getvalue()

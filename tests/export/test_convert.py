@@ -11,13 +11,11 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+from tiny_models import MAX_DETECTIONS, SIZE, TOP_CLASS, snapshot_images  # noqa: E402
 
-from edgetpu_retrain.export import convert as tflite  # noqa: E402
 from edgetpu_retrain.common import UserError  # noqa: E402
 from edgetpu_retrain.evaluate.runtime import open_detector  # noqa: E402
-
-from tiny_models import MAX_DETECTIONS, SIZE, TOP_CLASS, snapshot_images  # noqa: E402
-from tiny_models import cli_json as _cli_json  # noqa: E402
+from edgetpu_retrain.export import convert as tflite  # noqa: E402
 
 
 def test_tflite_json_and_ops(tiny_tflite):
@@ -32,7 +30,10 @@ def test_tflite_json_and_ops(tiny_tflite):
     assert {"QUANTIZE", "DEQUANTIZE", "CONV_2D", "DEPTHWISE_CONV_2D", "LOGISTIC"} <= int8_ops
     assert "QUANTIZE" not in {op.split()[0] for op in r["ops"]["float"]}
     assert r["sizes"]["int8"] < r["sizes"]["float"] / 2
-    assert r["int8_details"]["input"]["quantization"] == [1.0, 0]  # uint8 input: scale 1, zero point 0 (the full 0..255 range)
+    assert r["int8_details"]["input"]["quantization"] == [
+        1.0,
+        0,
+    ]  # uint8 input: scale 1, zero point 0 (the full 0..255 range)
     assert open(r["labels_txt"]).readline() == "0 Arduino_Nano\n"
 
 
@@ -44,9 +45,15 @@ def test_interpreter_types_and_pycoral_order(tiny_tflite, kind):
     assert list(inp["shape"]) == [1, SIZE, SIZE, 3]
     assert inp["dtype"] == (np.uint8 if kind == "int8" else np.float32)
     outputs = interpreter.get_output_details()
-    assert [list(d["shape"]) for d in outputs] == [[1], [1, MAX_DETECTIONS], [1, MAX_DETECTIONS], [1, MAX_DETECTIONS, 4]]
+    assert [list(d["shape"]) for d in outputs] == [
+        [1],
+        [1, MAX_DETECTIONS],
+        [1, MAX_DETECTIONS],
+        [1, MAX_DETECTIONS, 4],
+    ]
     assert all(d["dtype"] == np.float32 for d in outputs)
-    # what pycoral's detect.get_objects reads: one signature, outputs output_0..3 = count, scores, classes, boxes
+    # what pycoral's detect.get_objects reads: one signature,
+    # outputs output_0..3 = count, scores, classes, boxes
     signatures = interpreter._get_full_signature_list()
     assert list(signatures) == ["tflite"]
     named = signatures["tflite"]["outputs"]
@@ -89,10 +96,12 @@ def test_calibration_draw_is_seeded_and_spans_full_range(micro_snapshot):
     b = tflite.calibration_images(micro_snapshot, (SIZE, SIZE), count=3, seed=0)
     c = tflite.calibration_images(micro_snapshot, (SIZE, SIZE), count=3, seed=1)
     assert len(a) == 3 and all(x.shape == (SIZE, SIZE, 3) and x.dtype == np.uint8 for x in a)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=False))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=False))
     assert a[0].min() == 0 and a[0].max() == 255
-    assert len(tflite.calibration_images(micro_snapshot, (SIZE, SIZE), count=50, seed=0)) == 6  # all train images
+    assert (
+        len(tflite.calibration_images(micro_snapshot, (SIZE, SIZE), count=50, seed=0)) == 6
+    )  # all train images
 
 
 def test_tflite_user_errors(tmp_path, micro_snapshot):

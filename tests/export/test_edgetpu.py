@@ -19,9 +19,9 @@ import pytest
 from tflite_models import build_mini_ssd, convert
 
 from edgetpu_retrain import cli
+from edgetpu_retrain.common import UserError, dumps_json
 from edgetpu_retrain.export import edgetpu
 from edgetpu_retrain.export import flatbuffer as tm
-from edgetpu_retrain.common import UserError, dumps_json
 
 pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")
 
@@ -74,7 +74,15 @@ EXPECTED_FIGURES = {
         "ops_on_tpu": 110,
         "ops_on_cpu": 3,
         "operation_log": "model_edgetpu.log",
-        "tpu_ops": {"ADD": 10, "CONCATENATION": 2, "CONV_2D": 51, "DEPTHWISE_CONV_2D": 33, "LOGISTIC": 1, "QUANTIZE": 1, "RESHAPE": 12},
+        "tpu_ops": {
+            "ADD": 10,
+            "CONCATENATION": 2,
+            "CONV_2D": 51,
+            "DEPTHWISE_CONV_2D": 33,
+            "LOGISTIC": 1,
+            "QUANTIZE": 1,
+            "RESHAPE": 12,
+        },
         "cpu_ops": {"CUSTOM": 1, "DEQUANTIZE": 2},
         "success": True,
         "error": None,
@@ -115,7 +123,8 @@ EXPECTED_FIGURES = {
         "tpu_subgraphs": None,
         "success": False,
         "error": (
-            "Didn't find op for builtin opcode 'CONV_2D' version '6'. An older version of this builtin might be "
+            "Didn't find op for builtin opcode 'CONV_2D' version '6'. An older version of this builtin might "
+            "be "
             "supported. Are you using an old TFLite binary with a newer model?; Registration failed.; "
             "Invalid model: model.tflite: Model could not be parsed"
         ),
@@ -144,13 +153,16 @@ def test_parse_partial_mapping_table_rows(logs_dir):
     figures = edgetpu.parse_compiler_output((logs_dir / "partial_mapping.txt").read_text())
     assert len(figures["op_table"]) == 9
     assert figures["op_table"][2] == {
-        "op": "CUSTOM", "count": 1, "status": "Operation is working on an unsupported data type", "mapped": False,
+        "op": "CUSTOM", "count": 1, "status": "Operation is working on an unsupported data type",
+        "mapped": False,
     }  # fmt: skip
     assert sum(r["count"] for r in figures["op_table"]) == figures["total_ops"]
 
 
 def test_parse_same_op_with_two_statuses(logs_dir):
-    text = (logs_dir / "partial_mapping.txt").read_text() + "CONV_2D                        2          More than one subgraph is not supported\n"
+    text = (
+        logs_dir / "partial_mapping.txt"
+    ).read_text() + "CONV_2D                        2          More than one subgraph is not supported\n"
     figures = edgetpu.parse_compiler_output(text)
     assert figures["tpu_ops"]["CONV_2D"] == 51 and figures["cpu_ops"]["CONV_2D"] == 2
 
@@ -243,7 +255,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
         "int8": convert(tf, tf.lite.TFLiteConverter.from_keras_model(_conv_net(tf))),
         "float": convert(tf, tf.lite.TFLiteConverter.from_keras_model(_conv_net(tf)), int8=False),
         "dynamic": convert(tf, tf.lite.TFLiteConverter.from_keras_model(_conv_net(tf, batch_size=None))),
-        "leaky": convert(tf, tf.lite.TFLiteConverter.from_keras_model(_conv_net(tf, tf.keras.layers.LeakyReLU(0.1)))),
+        "leaky": convert(
+            tf, tf.lite.TFLiteConverter.from_keras_model(_conv_net(tf, tf.keras.layers.LeakyReLU(0.1)))
+        ),
         "ssd": build_mini_ssd(tf),
     }
     built["conv_v6"] = _set_op_version(built["int8"], "CONV_2D", 6)
@@ -261,7 +275,8 @@ def test_preflight_int8_conv_ok(models):
     result = edgetpu.preflight(models["int8"])
     assert result["ok"] is True and result["reasons"] == []
     assert [(r["index"], r["name"], r["version"]) for r in result["ops"]] == [
-        (0, "QUANTIZE", 1), (1, "CONV_2D", 3), (2, "DEPTHWISE_CONV_2D", 3), (3, "CONV_2D", 3), (4, "DEQUANTIZE", 2),
+        (0, "QUANTIZE", 1), (1, "CONV_2D", 3), (2, "DEPTHWISE_CONV_2D", 3), (3, "CONV_2D", 3),
+        (4, "DEQUANTIZE", 2),
     ]  # fmt: skip
     assert all(r["supported"] and r["quantized"] and r["version_ok"] for r in result["ops"][:4])
     assert result["ops"][4]["role"] == "postprocess_tail" and not result["ops"][4]["on_tpu_expected"]
@@ -289,7 +304,9 @@ def test_preflight_float_model_not_quantized(models):
     assert result["ok"] is False
     assert result["first_cpu_op"]["index"] == 0 and result["first_cpu_op"]["name"] == "CONV_2D"
     (reason,) = result["reasons"]
-    assert "op 0 CONV_2D" in reason and "not 8-bit quantized" in reason and "full-integer quantization" in reason
+    assert (
+        "op 0 CONV_2D" in reason and "not 8-bit quantized" in reason and "full-integer quantization" in reason
+    )
     assert "2 op(s) after it (1 DEPTHWISE_CONV_2D, 2 CONV_2D)" in reason
     assert not any(r["quantized"] or r["on_tpu_expected"] for r in result["ops"])
     assert result["expected_tpu_op_count"] == 0 and result["expected_cpu_op_count"] == 3
@@ -314,7 +331,12 @@ def test_preflight_unsupported_op_in_the_middle(models):
     on_tpu = {r["index"]: r["on_tpu_expected"] for r in result["ops"]}
     assert on_tpu == {0: True, 1: True, 2: False, 3: False, 4: False, 5: False}
     assert result["expected_tpu_ops"] == {"CONV_2D": 1, "QUANTIZE": 1}
-    assert result["expected_cpu_ops"] == {"CONV_2D": 1, "DEPTHWISE_CONV_2D": 1, "DEQUANTIZE": 1, "LEAKY_RELU": 1}
+    assert result["expected_cpu_ops"] == {
+        "CONV_2D": 1,
+        "DEPTHWISE_CONV_2D": 1,
+        "DEQUANTIZE": 1,
+        "LEAKY_RELU": 1,
+    }
 
 
 def test_preflight_op_version_too_new(models):
@@ -322,14 +344,18 @@ def test_preflight_op_version_too_new(models):
     result = edgetpu.preflight(models["conv_v6"])
     assert result["ok"] is False
     (reason,) = result["reasons"]
-    assert reason.startswith("op 1, 3: CONV_2D version 6 is newer than compiler 16.0.384591198 parses (max v5")
+    assert reason.startswith(
+        "op 1, 3: CONV_2D version 6 is newer than compiler 16.0.384591198 parses (max v5"
+    )
     assert "Didn't find op for builtin opcode 'CONV_2D' version '6'" in reason
     assert [r["version_ok"] for r in result["ops"]] == [True, False, True, False, True]
 
 
 def _synthetic(tensors, ops, inputs, outputs):
     def tensor(i, name, type_, shape, *, constant=False, q=True):
-        return tm.TensorInfo(i, name, type_, tuple(shape), None, (0.5,) if q else (), (0,) if q else (), 0, constant, False)
+        return tm.TensorInfo(
+            i, name, type_, tuple(shape), None, (0.5,) if q else (), (0,) if q else (), 0, constant, False
+        )
 
     return tm.TFLiteModel(
         path=None, schema_version=3, description="", subgraph_count=1,
@@ -417,7 +443,9 @@ def fake_compiler(tmp_path, monkeypatch, logs_dir):
     args_file = tmp_path / "fake-args.json"
     monkeypatch.setenv("FAKE_EDGETPU_ARGS", str(args_file))
 
-    def configure(log: str | None = None, *, text: str | None = None, rc: int = 0, write: bool = True, sleep: float = 0):
+    def configure(
+        log: str | None = None, *, text: str | None = None, rc: int = 0, write: bool = True, sleep: float = 0
+    ):
         if text is not None:
             custom = tmp_path / "custom-log.txt"
             custom.write_text(text)
@@ -489,7 +517,13 @@ def test_compile_all_mapped(models, tmp_path, fake_compiler):
     assert args[0] == "-s" and args[1] == "-o" and args[3:] == ["-t", "180", str(models["ssd"].resolve())]
     assert Path(args[2]).parent == out.resolve()  # compiled into a temp dir beside the outputs
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["edgetpu.json", "edgetpu_compiler.txt", "preflight.json", "ssd_edgetpu.log", "ssd_edgetpu.tflite"]
+    assert names == [
+        "edgetpu.json",
+        "edgetpu_compiler.txt",
+        "preflight.json",
+        "ssd_edgetpu.log",
+        "ssd_edgetpu.tflite",
+    ]
     assert "Compilation succeeded!" in (out / "edgetpu_compiler.txt").read_text()
 
 
@@ -506,7 +540,9 @@ def test_compile_other_cpu_ops_fail_unless_allowed(models, tmp_path, fake_compil
         "CONV_2D                        2          More than one subgraph is not supported\n"
     )
     fake_compiler(text=text)
-    with pytest.raises(UserError, match=r"2 op\(s\) besides the post-processing tail.*CONV_2D x2: More than one subgraph"):
+    with pytest.raises(
+        UserError, match=r"2 op\(s\) besides the post-processing tail.*CONV_2D x2: More than one subgraph"
+    ):
         run_verb("--tflite", str(models["ssd"]), "--out", str(tmp_path / "out"))
     line = run_verb("--tflite", str(models["ssd"]), "--out", str(tmp_path / "out"), "--allow-cpu-ops")
     assert line["compiled"] and line["compiler"]["cpu_ops"]["CONV_2D"] == 2
@@ -518,7 +554,11 @@ def test_compile_no_tpu_subgraph_fails(models, tmp_path, fake_compiler):
     with pytest.raises(UserError, match="no Edge TPU subgraph: 0 of 40 ops mapped.*unsupported data type"):
         run_verb("--tflite", str(models["ssd"]), "--out", str(out))
     # the compiler's outputs are kept for diagnosis, except a model that would look usable
-    assert sorted(p.name for p in out.iterdir()) == ["edgetpu_compiler.txt", "preflight.json", "ssd_edgetpu.log"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "edgetpu_compiler.txt",
+        "preflight.json",
+        "ssd_edgetpu.log",
+    ]
 
 
 def test_compile_not_quantized_fails_and_clears_stale_model(models, tmp_path, fake_compiler):
@@ -526,7 +566,9 @@ def test_compile_not_quantized_fails_and_clears_stale_model(models, tmp_path, fa
     out = tmp_path / "out"
     out.mkdir()
     (out / "ssd_edgetpu.tflite").write_bytes(b"stale")
-    with pytest.raises(UserError, match="edgetpu_compiler failed: Invalid model: model_float.tflite: Model not quantized"):
+    with pytest.raises(
+        UserError, match="edgetpu_compiler failed: Invalid model: model_float.tflite: Model not quantized"
+    ):
         run_verb("--tflite", str(models["ssd"]), "--out", str(out))
     assert not (out / "ssd_edgetpu.tflite").exists()
     assert not [p for p in out.iterdir() if p.name.startswith(".edgetpu_compiler.")]  # temp dir removed
@@ -553,10 +595,24 @@ def test_compile_timeout(models, tmp_path, fake_compiler, monkeypatch):
 
 def test_explicit_compiler_path(models, tmp_path, fake_compiler, no_compiler_path):
     fake_compiler("all_mapped.txt")  # the script exists but PATH no longer has it
-    line = run_verb("--tflite", str(models["ssd"]), "--out", str(tmp_path / "out"), "--compiler", str(fake_compiler.script))
+    line = run_verb(
+        "--tflite",
+        str(models["ssd"]),
+        "--out",
+        str(tmp_path / "out"),
+        "--compiler",
+        str(fake_compiler.script),
+    )
     assert line["compiled"]
     with pytest.raises(UserError, match="not found or not executable"):
-        run_verb("--tflite", str(models["ssd"]), "--out", str(tmp_path / "out"), "--compiler", str(tmp_path / "nope"))
+        run_verb(
+            "--tflite",
+            str(models["ssd"]),
+            "--out",
+            str(tmp_path / "out"),
+            "--compiler",
+            str(tmp_path / "nope"),
+        )
 
 
 def test_cli_last_line_and_exit_codes(models, tmp_path, fake_compiler, capsys):

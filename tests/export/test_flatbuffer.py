@@ -45,7 +45,9 @@ def test_schema_module_is_found_without_importing_tensorflow(models):
         f"m = t.read_model({str(models['ssd'])!r}); "
         "print(m.reader, 'tensorflow' in sys.modules)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert out == ["schema", "False"]
 
 
@@ -107,7 +109,11 @@ def test_minimal_reader_agrees_with_schema_reader(models, name):
     b = tm.read_model(data, reader="minimal")
     assert b.reader == "minimal"
     assert (a.tensors, a.ops, a.inputs, a.outputs) == (b.tensors, b.ops, b.inputs, b.outputs)
-    assert (a.schema_version, a.subgraph_count, a.description) == (b.schema_version, b.subgraph_count, b.description)
+    assert (a.schema_version, a.subgraph_count, a.description) == (
+        b.schema_version,
+        b.subgraph_count,
+        b.description,
+    )
 
 
 def test_dynamic_batch_shape_signature(models):

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from edgetpu_retrain import cli
-from edgetpu_retrain.model import config
 from edgetpu_retrain.common import UserError
+from edgetpu_retrain.model import config
 
 
 @pytest.fixture()
@@ -18,14 +18,23 @@ def dataset_dir(tmp_path: Path) -> Path:
     """A minimal dataset snapshot: what render-config reads from build-dataset's output."""
     root = tmp_path / "ds"
     (root / "tfrecords").mkdir(parents=True)
-    for name in ("train.tfrecord-00000-of-00002", "train.tfrecord-00001-of-00002", "val.tfrecord-00000-of-00001"):
+    for name in (
+        "train.tfrecord-00000-of-00002",
+        "train.tfrecord-00001-of-00002",
+        "val.tfrecord-00000-of-00001",
+    ):
         (root / "tfrecords" / name).write_bytes(b"")
     (root / "label_map.pbtxt").write_text('item {\n  id: 1\n  name: "RBC"\n}\n')
     manifest = {
-        "version": 1, "label_map": "label_map.pbtxt", "num_classes": 3,
+        "version": 1,
+        "label_map": "label_map.pbtxt",
+        "num_classes": 3,
         "classes": [{"id": 2, "name": "WBC"}, {"id": 1, "name": "RBC"}, {"id": 3, "name": "Platelets"}],
-        "tfrecords": {"train": ["tfrecords/train.tfrecord-00000-of-00002", "tfrecords/train.tfrecord-00001-of-00002"],
-                      "val": ["tfrecords/val.tfrecord-00000-of-00001"], "test": []},
+        "tfrecords": {
+            "train": ["tfrecords/train.tfrecord-00000-of-00002", "tfrecords/train.tfrecord-00001-of-00002"],
+            "val": ["tfrecords/val.tfrecord-00000-of-00001"],
+            "test": [],
+        },
     }
     (root / "manifest.json").write_text(json.dumps(manifest))
     return root
@@ -40,26 +49,57 @@ def render(dataset_dir: Path, out: Path, *sets: str, base: str = "mobilenet_v2_s
 
 def test_render_round_trip(dataset_dir, tmp_path, capsys):
     out = tmp_path / "run" / "config.yaml"
-    assert render(dataset_dir, out, "model.input_size=256", "train.steps=1234", "model.backbone_weights=null",
-                  "train.augmentation.flip=false", "train.schedule=constant", "model.head=ssd") == 0
+    assert (
+        render(
+            dataset_dir,
+            out,
+            "model.input_size=256",
+            "train.steps=1234",
+            "model.backbone_weights=null",
+            "train.augmentation.flip=false",
+            "train.schedule=constant",
+            "model.head=ssd",
+        )
+        == 0
+    )
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert line == {"config": str(out.resolve()), "base_model": "mobilenet_v2_ssd", "num_classes": 3,
-                    "input_size": 256, "head": "ssd"}
+    assert line == {
+        "config": str(out.resolve()),
+        "base_model": "mobilenet_v2_ssd",
+        "num_classes": 3,
+        "input_size": 256,
+        "head": "ssd",
+    }
     text = out.read_text()
     assert text.count("\n# ") >= 4 and "# NMS IoU threshold" in text  # commented, readable
     cfg = config.load_config(out)
     assert cfg.model.base == "mobilenet_v2_ssd" and cfg.model.head == "ssd" and cfg.model.input_size == 256
     assert cfg.model.backbone_weights is None and cfg.model.num_classes == 3 and cfg.model.bn_momentum == 0.9
-    assert cfg.train.steps == 1234 and cfg.train.schedule == "constant" and cfg.train.augmentation.flip is False
+    assert (
+        cfg.train.steps == 1234 and cfg.train.schedule == "constant" and cfg.train.augmentation.flip is False
+    )
     assert cfg.data.classes == ("RBC", "WBC", "Platelets")  # label-map id order
-    assert cfg.data.tfrecords["train"][0] == str((dataset_dir / "tfrecords/train.tfrecord-00000-of-00002").resolve())
+    assert cfg.data.tfrecords["train"][0] == str(
+        (dataset_dir / "tfrecords/train.tfrecord-00000-of-00002").resolve()
+    )
     assert cfg.data.tfrecords["test"] == ()
     # dump(load(x)) == x and re-rendering gives the same bytes (deterministic)
     assert config.dump_config(cfg).splitlines()[-10:] == text.splitlines()[-10:]
     assert config.config_from_dict(yaml.safe_load(text)) == cfg
     before = out.read_bytes()
-    assert render(dataset_dir, out, "model.input_size=256", "train.steps=1234", "model.backbone_weights=null",
-                  "train.augmentation.flip=false", "train.schedule=constant", "model.head=ssd") == 0
+    assert (
+        render(
+            dataset_dir,
+            out,
+            "model.input_size=256",
+            "train.steps=1234",
+            "model.backbone_weights=null",
+            "train.augmentation.flip=false",
+            "train.schedule=constant",
+            "model.head=ssd",
+        )
+        == 0
+    )
     assert out.read_bytes() == before
 
 
@@ -80,7 +120,10 @@ def test_templates_for_both_bases(dataset_dir, tmp_path):
         ("train.learning_rate=0", ["'train.learning_rate'", "> 0"]),
         ("train.batch_size=2.5", ["'train.batch_size'", "integer"]),
         ("train.augmentation.flip=maybe", ["'train.augmentation.flip'", "true/false"]),
-        ("train.augmentation.flp=true", ["'train.augmentation.flp'", "did you mean 'flip'", "flip, scale_crop"]),
+        (
+            "train.augmentation.flp=true",
+            ["'train.augmentation.flp'", "did you mean 'flip'", "flip, scale_crop"],
+        ),
         ("train.schedule=step", ["'train.schedule'", "cosine, constant"]),
         ("train.optimizer=rmsprop", ["'train.optimizer'", "sgd, adam"]),
         ("model.backbone_weights=weights.txt", ["'model.backbone_weights'", "imagenet"]),

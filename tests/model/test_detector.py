@@ -9,26 +9,42 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
+from edgetpu_retrain.common import UserError  # noqa: E402
 from edgetpu_retrain.model import boxes  # noqa: E402
 from edgetpu_retrain.model import detector as model  # noqa: E402
-from edgetpu_retrain.common import UserError  # noqa: E402
 from edgetpu_retrain.model.config import config_from_dict  # noqa: E402
 
 
 def make_cfg(base="mobilenet_v2_ssd", head="ssdlite", size=96, alpha=0.35, classes=3, **model_kw):
     raw = {
-        "model": {"base": base, "head": head, "input_size": size, "alpha": alpha, "num_classes": classes,
-                  "backbone_weights": None, **model_kw},
-        "data": {"dataset_dir": "/d", "label_map": "/d/label_map.pbtxt",
-                 "classes": [f"c{i}" for i in range(classes)], "tfrecords": {"train": ["/d/t.tfrecord"]}},
+        "model": {
+            "base": base,
+            "head": head,
+            "input_size": size,
+            "alpha": alpha,
+            "num_classes": classes,
+            "backbone_weights": None,
+            **model_kw,
+        },
+        "data": {
+            "dataset_dir": "/d",
+            "label_map": "/d/label_map.pbtxt",
+            "classes": [f"c{i}" for i in range(classes)],
+            "tfrecords": {"train": ["/d/t.tfrecord"]},
+        },
     }
     return config_from_dict(raw)
 
 
-@pytest.mark.parametrize(("base", "head", "size"), [
-    ("mobilenet_v1_ssd", "ssd", 96), ("mobilenet_v1_ssd", "ssdlite", 128),
-    ("mobilenet_v2_ssd", "ssd", 128), ("mobilenet_v2_ssd", "ssdlite", 96),
-])
+@pytest.mark.parametrize(
+    ("base", "head", "size"),
+    [
+        ("mobilenet_v1_ssd", "ssd", 96),
+        ("mobilenet_v1_ssd", "ssdlite", 128),
+        ("mobilenet_v2_ssd", "ssd", 128),
+        ("mobilenet_v2_ssd", "ssdlite", 96),
+    ],
+)
 def test_output_shapes_match_anchors(base, head, size):
     cfg = make_cfg(base, head, size, alpha=0.25 if base == "mobilenet_v1_ssd" else 0.35)
     det = model.build_detector(cfg)
@@ -40,7 +56,11 @@ def test_output_shapes_match_anchors(base, head, size):
     # foreground starts at the 1% prior, background at 0.5 (sigmoid)
     probs = tf.sigmoid(logits).numpy()
     assert probs[..., 1:].mean() < 0.05
-    bn = [layer for layer in det.get_layer(f"{base}_backbone").layers if "BatchNormalization" in type(layer).__name__]
+    bn = [
+        layer
+        for layer in det.get_layer(f"{base}_backbone").layers
+        if "BatchNormalization" in type(layer).__name__
+    ]
     assert bn and all(layer.momentum == 0.9 for layer in bn)
 
 
@@ -70,18 +90,24 @@ def test_box_coder_round_trip():
     # the TF OD API FasterRcnnBoxCoder formula, by hand for one box
     a = np.array([[0.5, 0.5, 0.2, 0.4]], np.float32)
     e = boxes.encode(np.array([[0.45, 0.35, 0.65, 0.55]], np.float32), a).numpy()[0]
-    np.testing.assert_allclose(e, [10 * 0.05 / 0.2, 10 * -0.05 / 0.4, 5 * np.log(1.0), 5 * np.log(0.5)], atol=1e-4)
+    np.testing.assert_allclose(
+        e, [10 * 0.05 / 0.2, 10 * -0.05 / 0.4, 5 * np.log(1.0), 5 * np.log(0.5)], atol=1e-4
+    )
 
 
 def test_iou_and_matcher():
     a = tf.constant([[0, 0, 1, 1], [0, 0, 0.5, 0.5]], tf.float32)
     np.testing.assert_allclose(boxes.iou(a, a).numpy(), [[1, 0.25], [0.25, 1]], atol=1e-6)
-    anchors = np.array([[0.25, 0.25, 0.5, 0.5],    # exactly GT 0 -> positive class 2
-                        [0.75, 0.75, 0.5, 0.5],    # nothing -> negative
-                        [0.30, 0.25, 0.5, 0.5],    # IoU ~0.82 with GT 0 -> positive
-                        [0.75, 0.25, 0.2, 0.2],    # small GT 1's best anchor (IoU < 0.4) -> forced positive
-                        [0.25, 0.45, 0.5, 0.5]],   # IoU ~0.43 with GT 0 -> ignored
-                       np.float32)
+    anchors = np.array(
+        [
+            [0.25, 0.25, 0.5, 0.5],  # exactly GT 0 -> positive class 2
+            [0.75, 0.75, 0.5, 0.5],  # nothing -> negative
+            [0.30, 0.25, 0.5, 0.5],  # IoU ~0.82 with GT 0 -> positive
+            [0.75, 0.25, 0.2, 0.2],  # small GT 1's best anchor (IoU < 0.4) -> forced positive
+            [0.25, 0.45, 0.5, 0.5],
+        ],  # IoU ~0.43 with GT 0 -> ignored
+        np.float32,
+    )
     gt = np.array([[0, 0, 0.5, 0.5], [0.7, 0.15, 0.95, 0.45], [0, 0, 0, 0]], np.float32)  # last row = padding
     labels = np.array([2, 1, 0], np.int32)
     cls, box_t, matched = boxes.match(gt, labels, anchors)
@@ -97,15 +123,20 @@ def test_checkpoint_round_trip_and_mismatch(tmp_path):
     cfg = make_cfg(size=96)
     det = model.build_detector(cfg)
     x = np.random.default_rng(1).uniform(0, 255, (1, 96, 96, 3)).astype(np.float32)
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=det, step=tf.Variable(7, dtype=tf.int64)),
-                                         str(tmp_path / "checkpoints"), max_to_keep=2)
+    manager = tf.train.CheckpointManager(
+        tf.train.Checkpoint(model=det, step=tf.Variable(7, dtype=tf.int64)),
+        str(tmp_path / "checkpoints"),
+        max_to_keep=2,
+    )
     prefix = manager.save()
     for path in (prefix, tmp_path / "checkpoints", tmp_path):
         restored = model.load_detector(cfg, path)
-        for got, want in zip(restored(x, training=False), det(x, training=False)):
+        for got, want in zip(restored(x, training=False), det(x, training=False), strict=False):
             np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
     with pytest.raises(UserError, match="does not match the config"):
-        model.load_detector(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head="ssd")), prefix)
+        model.load_detector(
+            dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head="ssd")), prefix
+        )
     with pytest.raises(UserError, match="checkpoint not found"):
         model.load_detector(cfg, tmp_path / "checkpoints" / "ckpt-99")
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from edgetpu_retrain.pipeline import drops
 
-T0 = datetime(2026, 3, 1, 2, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 
 
 def make_drop(incoming: Path, name: str, ready_at: datetime | None) -> Path:
@@ -42,7 +42,10 @@ def test_only_drops_with_a_marker_older_than_the_cutoff_count(tmp_path: Path) ->
     assert ready[-1].ready_at == T0 - timedelta(hours=1)
     assert ready[-1].path == (incoming / "2026-02-28").resolve()
     assert [d.drop_id for d in drops.find_ready_drops(incoming)] == [
-        "2026-02-27", "2026-02-28", "2026-03-01", "late"
+        "2026-02-27",
+        "2026-02-28",
+        "2026-03-01",
+        "late",
     ]
 
 
@@ -96,8 +99,12 @@ def test_cutoff_for_scheduled_manual_and_api_runs() -> None:
     now = T0 + timedelta(days=1)
     assert drops.cutoff_for_run(run_type=None, data_interval_end=None, run_after=None, now=now) == now
     other_tz = timezone(timedelta(hours=2))
-    assert drops.cutoff_for_run(run_type="manual", data_interval_end=None,
-                                run_after=after.astimezone(other_tz)).tzinfo == timezone.utc
+    assert (
+        drops.cutoff_for_run(
+            run_type="manual", data_interval_end=None, run_after=after.astimezone(other_tz)
+        ).tzinfo
+        == UTC
+    )
     with pytest.raises(ValueError, match="naive"):
         drops.cutoff_for_run(run_type="manual", data_interval_end=None, run_after=datetime(2026, 1, 1))
 
@@ -137,7 +144,9 @@ def test_resolve_source_priority(tmp_path: Path) -> None:
 
     assert drops.resolve_source(data_root=root, cutoff=T0 - timedelta(days=1), run_id=run_id) is None
     with pytest.raises(FileNotFoundError, match="dataset_folder"):
-        drops.resolve_source(data_root=root, cutoff=T0, run_id=run_id, dataset_folder=str(tmp_path / "missing"))
+        drops.resolve_source(
+            data_root=root, cutoff=T0, run_id=run_id, dataset_folder=str(tmp_path / "missing")
+        )
 
 
 def test_scheduled_runs_wait_for_a_drop_the_last_run_did_not_use(tmp_path: Path) -> None:
@@ -147,17 +156,25 @@ def test_scheduled_runs_wait_for_a_drop_the_last_run_did_not_use(tmp_path: Path)
     assert drops.needs_new_drop("scheduled") and not drops.needs_new_drop("backfill")
     assert not drops.needs_new_drop("manual") and not drops.needs_new_drop(None)
     # the same drop (same marker time) is not new: keep waiting
-    assert drops.resolve_source(data_root=root, cutoff=T0 + timedelta(days=1), run_id="scheduled__2",
-                                previous=last_night) is None
+    assert (
+        drops.resolve_source(
+            data_root=root, cutoff=T0 + timedelta(days=1), run_id="scheduled__2", previous=last_night
+        )
+        is None
+    )
     # a newer drop, or the same folder marked READY again, is new
     make_drop(root / "incoming", "d2", T0 + timedelta(hours=3))
-    got = drops.resolve_source(data_root=root, cutoff=T0 + timedelta(days=1), run_id="s3", previous=last_night)
+    got = drops.resolve_source(
+        data_root=root, cutoff=T0 + timedelta(days=1), run_id="s3", previous=last_night
+    )
     assert got["drop_id"] == "d2"
     assert not drops.same_drop(last_night, {**last_night, "ready_at": (T0 + timedelta(hours=5)).isoformat()})
     # a folder given by the user is always used
     own = tmp_path / "own"
     own.mkdir()
-    assert drops.resolve_source(data_root=root, cutoff=T0, run_id="s4", dataset_folder=str(own), previous=last_night)
+    assert drops.resolve_source(
+        data_root=root, cutoff=T0, run_id="s4", dataset_folder=str(own), previous=last_night
+    )
 
 
 def test_is_inside(tmp_path: Path) -> None:

@@ -44,8 +44,13 @@ def test_settings_from_env_defaults_and_overrides() -> None:
     s = RunnerSettings.from_env({})
     assert s.runner == "docker" and s.data_root == "/data/edgetpu"
     assert s.local_cli == (sys.executable, "-m", "edgetpu_retrain")
-    s = settings("local", EDGETPU_CLI="/opt/venv/bin/edgetpu-retrain -v", EDGETPU_TRAINER_IMAGE="reg/t:1",
-                 EDGETPU_COMPILER_IMAGE="reg/c:1", EDGETPU_DOCKER_URL="tcp://docker:2375")
+    s = settings(
+        "local",
+        EDGETPU_CLI="/opt/venv/bin/edgetpu-retrain -v",
+        EDGETPU_TRAINER_IMAGE="reg/t:1",
+        EDGETPU_COMPILER_IMAGE="reg/c:1",
+        EDGETPU_DOCKER_URL="tcp://docker:2375",
+    )
     assert s.local_cli == ("/opt/venv/bin/edgetpu-retrain", "-v")
     assert (s.trainer_image, s.compiler_image, s.docker_url) == ("reg/t:1", "reg/c:1", "tcp://docker:2375")
     assert RunnerSettings.from_env({"EDGETPU_RUNNER": " Kubernetes "}).runner == "kubernetes"
@@ -56,22 +61,45 @@ def test_settings_from_env_defaults_and_overrides() -> None:
 # ---------------------------------------------------------------------------------- arguments
 def test_flatten_args_expands_opt_flag_repeat() -> None:
     args = [
-        "--config", "/r/config.yaml",
-        Opt("--label-map", ""), Opt("--label-map", "None"), Opt("--weights", "/w.h5"),
-        Flag("--require-compiler", "True"), Flag("--allow-cpu-ops", "False"),
+        "--config",
+        "/r/config.yaml",
+        Opt("--label-map", ""),
+        Opt("--label-map", "None"),
+        Opt("--weights", "/w.h5"),
+        Flag("--require-compiler", "True"),
+        Flag("--allow-cpu-ops", "False"),
         Repeat("--set", '{"train.steps": 5, "model.input_size": 96, "model.backbone_weights": null}'),
-        Repeat("--step", '["a=1", "b=2"]'), Repeat("--set", "{}"), Repeat("--set", ""),
-        3, 0.5,
+        Repeat("--step", '["a=1", "b=2"]'),
+        Repeat("--set", "{}"),
+        Repeat("--set", ""),
+        3,
+        0.5,
     ]
     assert runners.flatten_args(args) == [
-        "--config", "/r/config.yaml", "--weights", "/w.h5", "--require-compiler",
-        "--set", "model.backbone_weights=null", "--set", "model.input_size=96", "--set", "train.steps=5",
-        "--step", "a=1", "--step", "b=2", "3", "0.5",
+        "--config",
+        "/r/config.yaml",
+        "--weights",
+        "/w.h5",
+        "--require-compiler",
+        "--set",
+        "model.backbone_weights=null",
+        "--set",
+        "model.input_size=96",
+        "--set",
+        "train.steps=5",
+        "--step",
+        "a=1",
+        "--step",
+        "b=2",
+        "3",
+        "0.5",
     ]
     assert runners.flatten_args([Repeat("--set", {"a": True})]) == ["--set", "a=true"]
 
 
-@pytest.mark.parametrize("bad", [[None], [Repeat("--set", "{'a': 1}")], [Repeat("--set", "5")], [Flag("--x", "maybe")]])
+@pytest.mark.parametrize(
+    "bad", [[None], [Repeat("--set", "{'a': 1}")], [Repeat("--set", "5")], [Flag("--x", "maybe")]]
+)
 def test_flatten_args_rejects_bad_values(bad) -> None:
     with pytest.raises(ValueError):
         runners.flatten_args(bad)
@@ -96,8 +124,13 @@ def test_parse_result_and_step_field() -> None:
 # ---------------------------------------------------------------------------------- wrappers
 def run_wrapper(script: str, command: list[str]) -> subprocess.CompletedProcess:
     """Run a wrapper with stderr merged into stdout, as the BashOperator/DockerOperator logs are."""
-    return subprocess.run(["bash", "-c", script, "wrapper", *command], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=30)
+    return subprocess.run(
+        ["bash", "-c", script, "wrapper", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=30,
+    )
 
 
 NOISY_STEP = (
@@ -133,8 +166,9 @@ STEP_ARGS = ["--config", "{{ params.cfg }}", "--out", "/srv/edgetpu-data/runs/r/
 def test_local_runner_builds_a_bash_operator() -> None:
     from airflow.providers.standard.operators.bash import BashOperator
 
-    op = runners.step_task("train", STEP_ARGS, settings=settings("local"), gpu="{{ params.use_gpu }}",
-                           pool="training", retries=2)
+    op = runners.step_task(
+        "train", STEP_ARGS, settings=settings("local"), gpu="{{ params.use_gpu }}", pool="training", retries=2
+    )
     assert isinstance(op, BashOperator) and type(op).__name__ == "LocalStepOperator"
     assert op.task_id == "train" and op.pool == "training" and op.retries == 2
     assert op.skip_on_exit_code == [99]
@@ -151,7 +185,9 @@ def test_docker_runner_builds_a_docker_operator() -> None:
 
     op = runners.step_task("train", STEP_ARGS, settings=settings("docker"), gpu="{{ params.use_gpu }}")
     assert isinstance(op, DockerOperator)
-    assert op.image == "edgetpu-retrain/trainer:latest" and op.gpu_image == "edgetpu-retrain/trainer-gpu:latest"
+    assert (
+        op.image == "edgetpu-retrain/trainer:latest" and op.gpu_image == "edgetpu-retrain/trainer-gpu:latest"
+    )
     assert op.auto_remove == "success" and op.mount_tmp_dir is False
     assert op.skip_on_exit_code == [99] and op.do_xcom_push is True and op.xcom_all is False
     assert op.docker_url == "unix://var/run/docker.sock"
@@ -166,8 +202,11 @@ def test_docker_runner_builds_a_docker_operator() -> None:
 def test_kubernetes_runner_builds_a_pod_operator() -> None:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 
-    op = runners.step_task("export", STEP_ARGS, settings=settings("kubernetes", EDGETPU_K8S_PVC="data-pvc",
-                                                                    EDGETPU_K8S_NAMESPACE="ml"))
+    op = runners.step_task(
+        "export",
+        STEP_ARGS,
+        settings=settings("kubernetes", EDGETPU_K8S_PVC="data-pvc", EDGETPU_K8S_NAMESPACE="ml"),
+    )
     assert isinstance(op, KubernetesPodOperator)
     assert op.image == "edgetpu-retrain/trainer:latest" and op.namespace == "ml"
     assert op.skip_on_exit_code == [99] and op.do_xcom_push is True
@@ -178,8 +217,12 @@ def test_kubernetes_runner_builds_a_pod_operator() -> None:
 
 
 # ------------------------------------------------------------------------- execute (rendered)
-RENDERED = ["--config", "/srv/edgetpu-data/runs/r/config.yaml", Flag("--fast", "False"),
-            Repeat("--set", '{"train.steps": 3}')]
+RENDERED = [
+    "--config",
+    "/srv/edgetpu-data/runs/r/config.yaml",
+    Flag("--fast", "False"),
+    Repeat("--set", '{"train.steps": 3}'),
+]
 EXPECTED_ARGV = ["train", "--config", "/srv/edgetpu-data/runs/r/config.yaml", "--set", "train.steps=3"]
 
 
@@ -200,9 +243,18 @@ def test_docker_execute_sets_command_image_and_gpus(monkeypatch, allow_direct_ex
         return '{"checkpoint": "/srv/edgetpu-data/runs/r/train/checkpoints/ckpt-3"}'
 
     monkeypatch.setattr(DockerOperator, "execute", fake_execute)
-    op = rendered(runners.step_task("train", [], settings=settings("docker"), gpu="{{ params.use_gpu }}"), gpu=gpu)
+    op = rendered(
+        runners.step_task("train", [], settings=settings("docker"), gpu="{{ params.use_gpu }}"), gpu=gpu
+    )
     assert op.execute({}) == {"checkpoint": "/srv/edgetpu-data/runs/r/train/checkpoints/ckpt-3"}
-    assert seen["command"] == ["bash", "-c", runners.WRAPPER, "edgetpu-retrain-step", "edgetpu-retrain", *EXPECTED_ARGV]
+    assert seen["command"] == [
+        "bash",
+        "-c",
+        runners.WRAPPER,
+        "edgetpu-retrain-step",
+        "edgetpu-retrain",
+        *EXPECTED_ARGV,
+    ]
     if gpu == "True":
         assert seen["image"] == "edgetpu-retrain/trainer-gpu:latest"
         [request] = seen["device_requests"]
@@ -217,7 +269,9 @@ def test_kubernetes_execute_sets_cmds_arguments_and_gpu(monkeypatch, allow_direc
     seen = {}
 
     def fake_execute(self, context):  # no cluster here: the sidecar would return the parsed file
-        seen.update(cmds=self.cmds, arguments=self.arguments, resources=self.container_resources, image=self.image)
+        seen.update(
+            cmds=self.cmds, arguments=self.arguments, resources=self.container_resources, image=self.image
+        )
         return {"ok": True}
 
     monkeypatch.setattr(KubernetesPodOperator, "execute", fake_execute)
@@ -225,7 +279,9 @@ def test_kubernetes_execute_sets_cmds_arguments_and_gpu(monkeypatch, allow_direc
     assert op.execute({}) == {"ok": True}
     assert seen["cmds"] == ["bash", "-c", runners.K8S_WRAPPER, "edgetpu-retrain-step"]
     assert seen["arguments"] == ["edgetpu-retrain", *EXPECTED_ARGV]
-    assert seen["resources"].limits == {"nvidia.com/gpu": "1"} and seen["image"].endswith("trainer-gpu:latest")
+    assert seen["resources"].limits == {"nvidia.com/gpu": "1"} and seen["image"].endswith(
+        "trainer-gpu:latest"
+    )
 
 
 def test_skip_unless_skips_without_running(monkeypatch, allow_direct_execute) -> None:
@@ -233,7 +289,9 @@ def test_skip_unless_skips_without_running(monkeypatch, allow_direct_execute) ->
     from airflow.sdk.exceptions import AirflowSkipException
 
     monkeypatch.setattr(DockerOperator, "execute", lambda self, context: pytest.fail("must not run"))
-    op = rendered(runners.step_task("download", [], settings=settings("docker"), skip_unless="x"), skip_unless="")
+    op = rendered(
+        runners.step_task("download", [], settings=settings("docker"), skip_unless="x"), skip_unless=""
+    )
     with pytest.raises(AirflowSkipException):
         op.execute({})
 

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from edgetpu_retrain.release import gate as promote
 from edgetpu_retrain.cli import main
+from edgetpu_retrain.release import gate as promote
 
-PER_CLASS = {"Platelets": {"ap": 0.31, "ap50": 0.62}, "RBC": {"ap": 0.44, "ap50": 0.81},
-             "WBC": {"ap": 0.63, "ap50": 0.97}}
+PER_CLASS = {
+    "Platelets": {"ap": 0.31, "ap50": 0.62},
+    "RBC": {"ap": 0.44, "ap50": 0.81},
+    "WBC": {"ap": 0.63, "ap50": 0.97},
+}
 
 
 def _write(path: Path, obj) -> Path:
@@ -25,8 +28,17 @@ def _write(path: Path, obj) -> Path:
     return path
 
 
-def make_run(root: Path, run_id: str, *, map50: float, map_: float | None = None, ok: bool = True,
-             compiled: bool = True, reasons: list[str] | None = None, payload: bytes | None = None) -> dict:
+def make_run(
+    root: Path,
+    run_id: str,
+    *,
+    map50: float,
+    map_: float | None = None,
+    ok: bool = True,
+    compiled: bool = True,
+    reasons: list[str] | None = None,
+    payload: bytes | None = None,
+) -> dict:
     """A run folder as the upstream steps leave it: tflite/, edgetpu/, eval JSONs, dataset manifest."""
     run = root / "runs" / run_id
     tfl = _write(run / "tflite" / "model_int8.tflite", payload or f"TFL3 int8 {run_id} {map50}".encode())
@@ -35,34 +47,97 @@ def make_run(root: Path, run_id: str, *, map50: float, map_: float | None = None
     comp = None
     if compiled:
         comp = _write(edir / "model_int8_edgetpu.tflite", b"TFL3 edgetpu " + tfl.read_bytes())
-    _write(edir / "preflight.json", {
-        "preflight": {"ok": ok, "reasons": reasons or [], "ops": {"CONV_2D": 3, "CUSTOM": 1}},
-        "compiled": str(comp) if comp else None,
-        "compiler": {"version": "16.0.384591198", "ops_tpu": 110, "ops_cpu": 3, "ops_total": 113,
-                     "subgraphs": 1, "on_chip_mib": 5.2} if comp else None,
-    })
-    int8 = _write(run / "eval_int8.json", {"map": map_ if map_ is not None else round(map50 * 0.55, 4),
-                                           "map50": map50, "per_class": PER_CLASS, "images": 36,
-                                           "model": str(tfl), "latency_ms": 7.7})
-    flt = _write(run / "eval_float.json", {"map": 0.47, "map50": map50 + 0.02, "per_class": PER_CLASS,
-                                           "images": 36, "model": str(run / "saved_model")})
+    _write(
+        edir / "preflight.json",
+        {
+            "preflight": {"ok": ok, "reasons": reasons or [], "ops": {"CONV_2D": 3, "CUSTOM": 1}},
+            "compiled": str(comp) if comp else None,
+            "compiler": {
+                "version": "16.0.384591198",
+                "ops_tpu": 110,
+                "ops_cpu": 3,
+                "ops_total": 113,
+                "subgraphs": 1,
+                "on_chip_mib": 5.2,
+            }
+            if comp
+            else None,
+        },
+    )
+    int8 = _write(
+        run / "eval_int8.json",
+        {
+            "map": map_ if map_ is not None else round(map50 * 0.55, 4),
+            "map50": map50,
+            "per_class": PER_CLASS,
+            "images": 36,
+            "model": str(tfl),
+            "latency_ms": 7.7,
+        },
+    )
+    flt = _write(
+        run / "eval_float.json",
+        {
+            "map": 0.47,
+            "map50": map50 + 0.02,
+            "per_class": PER_CLASS,
+            "images": 36,
+            "model": str(run / "saved_model"),
+        },
+    )
     ds = root / "datasets" / "bccd" / "20261124"
     _write(ds / "label_map.pbtxt", 'item {\n  id: 1\n  name: "Platelets"\n}\n')
-    manifest = _write(ds / "manifest.json", {
-        "version": 1, "label_map": "label_map.pbtxt", "num_classes": 3, "seed": 0, "split": [0.8, 0.1, 0.1],
-        "classes": [{"id": 1, "name": "Platelets"}, {"id": 2, "name": "RBC"}, {"id": 3, "name": "WBC"}],
-        "counts": {"train": {"images": 291, "objects": 3890, "per_class": {"RBC": 3300}},
-                   "val": {"images": 36, "objects": 480}, "test": {"images": 37, "objects": 500}},
-        "created": "2026-11-24T02:00:00+00:00"})
+    manifest = _write(
+        ds / "manifest.json",
+        {
+            "version": 1,
+            "label_map": "label_map.pbtxt",
+            "num_classes": 3,
+            "seed": 0,
+            "split": [0.8, 0.1, 0.1],
+            "classes": [{"id": 1, "name": "Platelets"}, {"id": 2, "name": "RBC"}, {"id": 3, "name": "WBC"}],
+            "counts": {
+                "train": {"images": 291, "objects": 3890, "per_class": {"RBC": 3300}},
+                "val": {"images": 36, "objects": 480},
+                "test": {"images": 37, "objects": 500},
+            },
+            "created": "2026-11-24T02:00:00+00:00",
+        },
+    )
     config = _write(run / "config.yaml", "base_model: mobilenet_v2_ssd\ninput_size: 320\n")
-    return {"run": run, "tflite": tfl, "edir": edir, "int8": int8, "float": flt, "manifest": manifest,
-            "config": config, "compiled": comp}
+    return {
+        "run": run,
+        "tflite": tfl,
+        "edir": edir,
+        "int8": int8,
+        "float": flt,
+        "manifest": manifest,
+        "config": config,
+        "compiled": comp,
+    }
 
 
 def argv(models: Path, r: dict, *extra: str, name: str = "bccd") -> list[str]:
-    return ["promote", "--models-dir", str(models), "--name", name, "--int8-eval", str(r["int8"]),
-            "--float-eval", str(r["float"]), "--tflite", str(r["tflite"]), "--edgetpu-dir", str(r["edir"]),
-            "--dataset-manifest", str(r["manifest"]), "--config", str(r["config"]), *extra]
+    return [
+        "promote",
+        "--models-dir",
+        str(models),
+        "--name",
+        name,
+        "--int8-eval",
+        str(r["int8"]),
+        "--float-eval",
+        str(r["float"]),
+        "--tflite",
+        str(r["tflite"]),
+        "--edgetpu-dir",
+        str(r["edir"]),
+        "--dataset-manifest",
+        str(r["manifest"]),
+        "--config",
+        str(r["config"]),
+        *extra,
+    ]
 
 
 def cli(capsys, args: list[str]) -> tuple[int, dict]:
@@ -85,8 +160,14 @@ def test_first_model_promotes_with_card(root, capsys):
     vdir = models / "bccd" / "versions" / "0001"
     assert res["model_dir"] == str(vdir)
     assert sorted(p.name for p in vdir.iterdir()) == [
-        "config.yaml", "label_map.pbtxt", "labels.txt", "model_card.json", "model_card.md",
-        "model_int8.tflite", "model_int8_edgetpu.tflite"]
+        "config.yaml",
+        "label_map.pbtxt",
+        "labels.txt",
+        "model_card.json",
+        "model_card.md",
+        "model_int8.tflite",
+        "model_int8_edgetpu.tflite",
+    ]
     assert (vdir / "labels.txt").read_text() == "0 Platelets\n1 RBC\n2 WBC\n"
     link = models / "bccd" / "current"
     assert link.is_symlink() and os.readlink(link) == os.path.join("versions", "0001")
@@ -139,8 +220,14 @@ def test_metric_map_and_negative_tolerance(root, capsys):
 
 def test_preflight_not_ok_never_promotes(root, capsys):
     models = root / "models"
-    r = make_run(root, "r1", map50=0.9, ok=False, compiled=False,
-                 reasons=["CONV_2D version 6 is newer than compiler 16 accepts"])
+    r = make_run(
+        root,
+        "r1",
+        map50=0.9,
+        ok=False,
+        compiled=False,
+        reasons=["CONV_2D version 6 is newer than compiler 16 accepts"],
+    )
     code, res = cli(capsys, argv(models, r))
     assert code == 0 and res["promoted"] is False and "pre-flight failed" in res["reason"]
     assert "CONV_2D version 6" in res["reason"]
@@ -163,7 +250,7 @@ def test_preflight_and_compiled_flags(root, capsys):
     r = make_run(root, "r1", map50=0.9)
     args = argv(models, r)
     i = args.index("--edgetpu-dir")
-    args[i:i + 2] = ["--preflight", str(r["edir"] / "preflight.json"), "--compiled", "None"]
+    args[i : i + 2] = ["--preflight", str(r["edir"] / "preflight.json"), "--compiled", "None"]
     res = cli(capsys, args + ["--require-compiled"])[1]
     assert res["promoted"] is False  # --compiled None overrides the JSON's path
     args[i + 3] = str(r["compiled"])
@@ -179,7 +266,12 @@ def test_rerun_is_idempotent_and_switch_back(root, capsys):
     card = (reg / "versions" / "0001" / "model_card.json").read_bytes()
     hist = (reg / "history.json").read_bytes()
     code, res = cli(capsys, argv(models, r1, "--tolerance", "-0.5"))  # same artifacts: no-op even so
-    assert code == 0 and res["promoted"] is True and res["version"] == "0001" and "already promoted" in res["reason"]
+    assert (
+        code == 0
+        and res["promoted"] is True
+        and res["version"] == "0001"
+        and "already promoted" in res["reason"]
+    )
     assert promote.versions(reg) == ["0001"]
     assert (reg / "versions" / "0001" / "model_card.json").read_bytes() == card
     assert (reg / "history.json").read_bytes() == hist
@@ -189,7 +281,11 @@ def test_rerun_is_idempotent_and_switch_back(root, capsys):
     res = cli(capsys, argv(models, r1))[1]  # r1 again beats 0002: switch back, no copy
     assert res["promoted"] and res["version"] == "0001" and "switched back" in res["reason"]
     assert promote.versions(reg) == ["0001", "0002"]
-    assert [h["action"] for h in json.loads((reg / "history.json").read_text())] == ["promote", "promote", "switch"]
+    assert [h["action"] for h in json.loads((reg / "history.json").read_text())] == [
+        "promote",
+        "promote",
+        "switch",
+    ]
 
 
 def test_atomic_switch_never_leaves_current_missing(root):
@@ -231,8 +327,19 @@ def test_failed_copy_leaves_registry_unchanged(root, capsys, monkeypatch):
     assert not [p for p in (reg / "versions").iterdir() if p.name.startswith(".")]
 
 
-@pytest.mark.parametrize("case", ["missing_eval", "bad_json", "no_metric", "out_of_range", "no_gt", "no_preflight",
-                                  "bad_preflight", "compiled_missing_file"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "missing_eval",
+        "bad_json",
+        "no_metric",
+        "out_of_range",
+        "no_gt",
+        "no_preflight",
+        "bad_preflight",
+        "compiled_missing_file",
+    ],
+)
 def test_bad_inputs_are_user_errors(root, capsys, case):
     models = root / "models"
     r = make_run(root, "r1", map50=0.8)
@@ -253,14 +360,23 @@ def test_bad_inputs_are_user_errors(root, capsys, case):
         _write(r["edir"] / "preflight.json", {"preflight": {"ok": "yes"}})
     elif case == "compiled_missing_file":
         r["compiled"].unlink()
-        _write(r["edir"] / "preflight.json", {"preflight": {"ok": True, "reasons": []},
-                                              "compiled": str(r["compiled"])})
+        _write(
+            r["edir"] / "preflight.json",
+            {"preflight": {"ok": True, "reasons": []}, "compiled": str(r["compiled"])},
+        )
     code = main(args)
     err = capsys.readouterr().err
     assert code == 2
-    named = {"missing_eval": "eval_int8.json", "bad_json": "eval_int8.json", "no_metric": "map50",
-             "out_of_range": "0..1", "no_gt": "test split", "no_preflight": "preflight.json", "bad_preflight": "preflight.json",
-             "compiled_missing_file": "model_int8_edgetpu.tflite"}[case]
+    named = {
+        "missing_eval": "eval_int8.json",
+        "bad_json": "eval_int8.json",
+        "no_metric": "map50",
+        "out_of_range": "0..1",
+        "no_gt": "test split",
+        "no_preflight": "preflight.json",
+        "bad_preflight": "preflight.json",
+        "compiled_missing_file": "model_int8_edgetpu.tflite",
+    }[case]
     assert named in err and ";" in err  # names the file/key and says how to fix it
 
 
@@ -274,11 +390,23 @@ def test_op_coverage_from_compiler_log_table_and_preflight(edgetpu_reference_dir
     none = promote.op_coverage({"log": str(edgetpu_reference_dir / "compiler-logs" / "no_tpu_subgraph.txt")})
     assert (none["tpu"], none["cpu"], none["subgraphs"], none["tpu_percent"]) == (0, 40, 0, 0.0)
     # the edgetpu step's figures: op_table rows carry a `mapped` bool
-    cov = promote.op_coverage({"op_table": [{"op": "CONV_2D", "count": 5, "status": "Mapped to Edge TPU", "mapped": True},
-                                            {"op": "CUSTOM", "count": 1, "status": "unsupported", "mapped": False}]})
+    cov = promote.op_coverage(
+        {
+            "op_table": [
+                {"op": "CONV_2D", "count": 5, "status": "Mapped to Edge TPU", "mapped": True},
+                {"op": "CUSTOM", "count": 1, "status": "unsupported", "mapped": False},
+            ]
+        }
+    )
     assert (cov["tpu"], cov["cpu"], cov["total"]) == (5, 1, 6)
-    est = promote.op_coverage(None, {"expected_tpu_op_count": 96, "expected_cpu_op_count": 3,
-                                     "expected_cpu_ops": {"CUSTOM": 1, "DEQUANTIZE": 2}})
+    est = promote.op_coverage(
+        None,
+        {
+            "expected_tpu_op_count": 96,
+            "expected_cpu_op_count": 3,
+            "expected_cpu_ops": {"CUSTOM": 1, "DEQUANTIZE": 2},
+        },
+    )
     assert (est["tpu"], est["total"], est["source"]) == (96, 99, "pre-flight estimate")
     assert promote.op_coverage(None) is None and promote.op_coverage({"version": "16"}) is None
 
@@ -287,11 +415,23 @@ def test_edgetpu_step_output_folder(root, capsys, edgetpu_reference_dir):
     """What `edgetpu --out DIR` leaves: full preflight.json (no compiled key), the compiled model, stdout."""
     models = root / "models"
     r = make_run(root, "r1", map50=0.8)
-    _write(r["edir"] / "preflight.json", {"ok": True, "reasons": [], "warnings": [], "ops": [{"index": 0}] * 50,
-                                          "expected_tpu_op_count": 110, "expected_cpu_op_count": 3,
-                                          "total_ops": 113, "subgraphs": 1})
-    _write(r["edir"] / "edgetpu_compiler.txt",
-           (edgetpu_reference_dir / "compiler-logs" / "partial_mapping.txt").read_text())
+    _write(
+        r["edir"] / "preflight.json",
+        {
+            "ok": True,
+            "reasons": [],
+            "warnings": [],
+            "ops": [{"index": 0}] * 50,
+            "expected_tpu_op_count": 110,
+            "expected_cpu_op_count": 3,
+            "total_ops": 113,
+            "subgraphs": 1,
+        },
+    )
+    _write(
+        r["edir"] / "edgetpu_compiler.txt",
+        (edgetpu_reference_dir / "compiler-logs" / "partial_mapping.txt").read_text(),
+    )
     res = cli(capsys, argv(models, r, "--require-compiled"))[1]
     assert res["promoted"] and res["compiled"] == str(r["compiled"].resolve())
     card = json.loads((Path(res["model_dir"]) / "model_card.json").read_text())
@@ -310,7 +450,9 @@ def test_plain_preflight_json_and_compiled_found_in_edgetpu_dir(root, capsys):
     res = cli(capsys, argv(models, r, "--require-compiled"))[1]
     assert res["promoted"] and res["compiled"] == str(r["compiled"].resolve())
     card = json.loads((Path(res["model_dir"]) / "model_card.json").read_text())
-    assert card["edgetpu"]["op_coverage"] is None and card["edgetpu"]["compiled"] == "model_int8_edgetpu.tflite"
+    assert (
+        card["edgetpu"]["op_coverage"] is None and card["edgetpu"]["compiled"] == "model_int8_edgetpu.tflite"
+    )
     assert "operation counts: not reported" in (Path(res["model_dir"]) / "model_card.md").read_text()
 
 

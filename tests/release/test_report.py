@@ -9,8 +9,11 @@ import pytest
 
 from edgetpu_retrain.cli import main
 
-PER_CLASS = {"Platelets": {"ap": 0.31, "ap50": 0.62}, "RBC": {"ap": 0.44, "ap50": 0.81},
-             "WBC": {"ap": 0.63, "ap50": 0.97}}
+PER_CLASS = {
+    "Platelets": {"ap": 0.31, "ap50": 0.62},
+    "RBC": {"ap": 0.44, "ap50": 0.81},
+    "WBC": {"ap": 0.63, "ap50": 0.97},
+}
 
 
 def _json(path: Path, obj) -> Path:
@@ -25,53 +28,154 @@ def full_run(tmp_path: Path) -> dict:
     root = tmp_path
     run = root / "runs" / "scheduled__2026-11-24T02:00:00"
     val = root / "validated" / "drop1"
-    _json(val / "validation_report.json", {"summary": {"status": "ok", "accepted": 2, "rejected": 2, "objects_accepted": 41,
-                                                      "objects_dropped": 1, "background_images": 0}, "files": [
-        {"xml": str(val / "a.xml"), "image": "a.jpg", "verdict": "accepted", "issues": []},
-        {"xml": str(val / "b.xml"), "image": "b.jpg", "verdict": "accepted", "issues": [
-            {"code": "box_clipped", "severity": "warning", "message": "box 2 past the right edge by 3 px",
-             "fix": "redraw the box in LabelImg", "object": 2}]},
-        {"xml": str(val / "c.xml"), "image": "c.jpg", "verdict": "rejected", "issues": [
-            {"code": "unknown_class", "severity": "error", "message": "class 'RCB' not in the label map",
-             "fix": "rename it to RBC", "object": 0}]},
-        {"xml": None, "image": "d.jpg", "verdict": "rejected", "issues": [
-            {"code": "missing_xml", "severity": "error", "message": "no annotation", "fix": "label it",
-             "object": None}]}]})
+    _json(
+        val / "validation_report.json",
+        {
+            "summary": {
+                "status": "ok",
+                "accepted": 2,
+                "rejected": 2,
+                "objects_accepted": 41,
+                "objects_dropped": 1,
+                "background_images": 0,
+            },
+            "files": [
+                {"xml": str(val / "a.xml"), "image": "a.jpg", "verdict": "accepted", "issues": []},
+                {
+                    "xml": str(val / "b.xml"),
+                    "image": "b.jpg",
+                    "verdict": "accepted",
+                    "issues": [
+                        {
+                            "code": "box_clipped",
+                            "severity": "warning",
+                            "message": "box 2 past the right edge by 3 px",
+                            "fix": "redraw the box in LabelImg",
+                            "object": 2,
+                        }
+                    ],
+                },
+                {
+                    "xml": str(val / "c.xml"),
+                    "image": "c.jpg",
+                    "verdict": "rejected",
+                    "issues": [
+                        {
+                            "code": "unknown_class",
+                            "severity": "error",
+                            "message": "class 'RCB' not in the label map",
+                            "fix": "rename it to RBC",
+                            "object": 0,
+                        }
+                    ],
+                },
+                {
+                    "xml": None,
+                    "image": "d.jpg",
+                    "verdict": "rejected",
+                    "issues": [
+                        {
+                            "code": "missing_xml",
+                            "severity": "error",
+                            "message": "no annotation",
+                            "fix": "label it",
+                            "object": None,
+                        }
+                    ],
+                },
+            ],
+        },
+    )
     ds = root / "datasets" / "bccd" / "20261124"
-    _json(ds / "manifest.json", {
-        "version": 1, "label_map": "label_map.pbtxt", "num_classes": 3, "seed": 7, "split": [0.8, 0.1, 0.1],
-        "classes": [{"id": 1, "name": "Platelets"}, {"id": 2, "name": "RBC"}, {"id": 3, "name": "WBC"}],
-        "counts": {"train": {"images": 291, "objects": 3890}, "val": {"images": 36, "objects": 480},
-                   "test": {"images": 37, "objects": 500}}, "created": "2026-11-24T02:00:00+00:00"})
+    _json(
+        ds / "manifest.json",
+        {
+            "version": 1,
+            "label_map": "label_map.pbtxt",
+            "num_classes": 3,
+            "seed": 7,
+            "split": [0.8, 0.1, 0.1],
+            "classes": [{"id": 1, "name": "Platelets"}, {"id": 2, "name": "RBC"}, {"id": 3, "name": "WBC"}],
+            "counts": {
+                "train": {"images": 291, "objects": 3890},
+                "val": {"images": 36, "objects": 480},
+                "test": {"images": 37, "objects": 500},
+            },
+            "created": "2026-11-24T02:00:00+00:00",
+        },
+    )
     (run / "tflite").mkdir(parents=True)
     (run / "tflite" / "model_int8.tflite").write_bytes(b"\0" * 3 * 1024 * 1024)
     (run / "tflite" / "model_float.tflite").write_bytes(b"\0" * 2048)
     (run / "saved_model").mkdir()
     (run / "saved_model" / "saved_model.pb").write_bytes(b"\0" * 4096)
-    (run / "config.yaml").write_text("model:\n  base_model: mobilenet_v2_ssd\n  input_size: 320\n"
-                                     "train:\n  batch_size: 4\n  learning_rate: 0.004\n  num_steps: 2000\n")
+    (run / "config.yaml").write_text(
+        "model:\n  base_model: mobilenet_v2_ssd\n  input_size: 320\n"
+        "train:\n  batch_size: 4\n  learning_rate: 0.004\n  num_steps: 2000\n"
+    )
     steps = {
-        "validate": {"report": str(val / "validation_report.json"), "accepted": 2, "rejected": 2,
-                     "label_map": str(val / "label_map.pbtxt"), "annotations": str(val / "accepted.json"),
-                     "out_dir": str(val), "warnings": 1},
-        "build-dataset": {"manifest": str(ds / "manifest.json"), "csv": str(ds / "annotations.csv"),
-                          "counts": {"train": {"images": 291, "objects": 3890}, "val": {"images": 36, "objects": 480},
-                                     "test": {"images": 37, "objects": 500}},
-                          "label_map": str(ds / "label_map.pbtxt"), "dataset_dir": str(ds), "tfrecords": {}},
+        "validate": {
+            "report": str(val / "validation_report.json"),
+            "accepted": 2,
+            "rejected": 2,
+            "label_map": str(val / "label_map.pbtxt"),
+            "annotations": str(val / "accepted.json"),
+            "out_dir": str(val),
+            "warnings": 1,
+        },
+        "build-dataset": {
+            "manifest": str(ds / "manifest.json"),
+            "csv": str(ds / "annotations.csv"),
+            "counts": {
+                "train": {"images": 291, "objects": 3890},
+                "val": {"images": 36, "objects": 480},
+                "test": {"images": 37, "objects": 500},
+            },
+            "label_map": str(ds / "label_map.pbtxt"),
+            "dataset_dir": str(ds),
+            "tfrecords": {},
+        },
         "render-config": {"config": str(run / "config.yaml")},
-        "train": {"steps_done": 2000, "losses": {"total": [1.9, 1.2, 0.61], "cls": [1.1, 0.3]},
-                  "images_per_sec": 5.9, "checkpoint": str(run / "checkpoints" / "ckpt-20")},
+        "train": {
+            "steps_done": 2000,
+            "losses": {"total": [1.9, 1.2, 0.61], "cls": [1.1, 0.3]},
+            "images_per_sec": 5.9,
+            "checkpoint": str(run / "checkpoints" / "ckpt-20"),
+        },
         "export": {"saved_model": str(run / "saved_model")},
-        "tflite": {"int8": str(run / "tflite" / "model_int8.tflite"),
-                   "float": str(run / "tflite" / "model_float.tflite")},
-        "edgetpu": {"preflight": {"ok": True, "reasons": []}, "compiled": str(run / "tflite" / "missing_edgetpu.tflite"),
-                    "compiler": {"ops_tpu": 110, "ops_cpu": 3, "ops_total": 113, "subgraphs": 1}},
-        "evaluate-float": {"map": 0.52, "map50": 0.83, "per_class": PER_CLASS, "images": 37,
-                           "model": str(run / "saved_model")},
-        "evaluate-int8": {"map": 0.49, "map50": 0.80, "per_class": {**PER_CLASS, "RBC": {"ap": 0.4, "ap50": 0.7}},
-                          "images": 37, "model": str(run / "tflite" / "model_int8.tflite"), "latency_ms": 7.7},
-        "promote": {"promoted": True, "reason": "first model for this name", "metric": "map50", "new": 0.8,
-                    "current": None, "version": "0001", "model_dir": str(root / "models/bccd/versions/0001")},
+        "tflite": {
+            "int8": str(run / "tflite" / "model_int8.tflite"),
+            "float": str(run / "tflite" / "model_float.tflite"),
+        },
+        "edgetpu": {
+            "preflight": {"ok": True, "reasons": []},
+            "compiled": str(run / "tflite" / "missing_edgetpu.tflite"),
+            "compiler": {"ops_tpu": 110, "ops_cpu": 3, "ops_total": 113, "subgraphs": 1},
+        },
+        "evaluate-float": {
+            "map": 0.52,
+            "map50": 0.83,
+            "per_class": PER_CLASS,
+            "images": 37,
+            "model": str(run / "saved_model"),
+        },
+        "evaluate-int8": {
+            "map": 0.49,
+            "map50": 0.80,
+            "per_class": {**PER_CLASS, "RBC": {"ap": 0.4, "ap50": 0.7}},
+            "images": 37,
+            "model": str(run / "tflite" / "model_int8.tflite"),
+            "latency_ms": 7.7,
+        },
+        "promote": {
+            "promoted": True,
+            "reason": "first model for this name",
+            "metric": "map50",
+            "new": 0.8,
+            "current": None,
+            "version": "0001",
+            "model_dir": str(root / "models/bccd/versions/0001"),
+        },
     }
     return {"run": run, "steps": steps, "root": root}
 
@@ -92,8 +196,10 @@ def test_report_all_steps_inline_xcom(full_run, capsys):
     code, res = report(capsys, full_run["run"], out, *step_args)
     assert code == 0
     assert res["report"] == str((out / "report.md").resolve()) and res["report_json"].endswith("report.json")
-    assert res["summary"] == ("int8 mAP@0.5 0.800 (float 0.830, drop 0.030); Edge TPU: compiled, 110/113 ops "
-                              "on TPU; promoted as version 0001")
+    assert res["summary"] == (
+        "int8 mAP@0.5 0.800 (float 0.830, drop 0.030); Edge TPU: compiled, 110/113 ops "
+        "on TPU; promoted as version 0001"
+    )
     data = json.loads((out / "report.json").read_text())
     assert all(s["status"] == "done" for s in data["steps"].values())
     v = data["steps"]["validate"]
@@ -102,11 +208,23 @@ def test_report_all_steps_inline_xcom(full_run, capsys):
     assert data["steps"]["config"]["settings"]["batch_size"] == 4
     assert data["steps"]["tflite"]["models"]["model_int8.tflite"]["bytes"] == 3 * 1024 * 1024
     md = (out / "report.md").read_text()
-    for text in ("2 labeled images accepted, 2 rejected, 1 warning.", "41 labeled objects kept, 1 boxes dropped.", "Fix: rename it to RBC", "Snapshot `bccd/20261124`",
-                 "| test | 37 | 500 |", "Trained 2000 steps at 5.9 images/s.", "loss total: 1.9000 -> 0.6100",
-                 "`model_int8.tflite`: 3.00 MiB", "passes the Edge TPU pre-flight",
-                 "Operations on the Edge TPU: 110; on the CPU: 3", "| int8 | 0.800 | 0.490 | 37 | 7.7 ms |",
-                 "mAP@0.5 0.030", "| RBC | 0.810 | 0.700 |", "Promoted as version 0001", "- batch_size: 4"):
+    for text in (
+        "2 labeled images accepted, 2 rejected, 1 warning.",
+        "41 labeled objects kept, 1 boxes dropped.",
+        "Fix: rename it to RBC",
+        "Snapshot `bccd/20261124`",
+        "| test | 37 | 500 |",
+        "Trained 2000 steps at 5.9 images/s.",
+        "loss total: 1.9000 -> 0.6100",
+        "`model_int8.tflite`: 3.00 MiB",
+        "passes the Edge TPU pre-flight",
+        "Operations on the Edge TPU: 110; on the CPU: 3",
+        "| int8 | 0.800 | 0.490 | 37 | 7.7 ms |",
+        "mAP@0.5 0.030",
+        "| RBC | 0.810 | 0.700 |",
+        "Promoted as version 0001",
+        "- batch_size: 4",
+    ):
         assert text in md, text
     assert "Not run" not in md
     # deterministic: same inputs, same bytes
@@ -130,17 +248,38 @@ def test_report_partial_failed_preflight_from_well_known_files(full_run, capsys)
     """Files under the run dir are found without --step; a failed pre-flight explains what to do."""
     run, steps = full_run["run"], full_run["steps"]
     _json(run / "steps" / "train.json", steps["train"])
-    _json(run / "preflight.json", {"preflight": {"ok": False, "reasons": [
-        "CONV_2D version 6 is newer than Edge TPU compiler 16 accepts (max 3)"]}, "compiled": None, "compiler": None})
+    _json(
+        run / "preflight.json",
+        {
+            "preflight": {
+                "ok": False,
+                "reasons": ["CONV_2D version 6 is newer than Edge TPU compiler 16 accepts (max 3)"],
+            },
+            "compiled": None,
+            "compiler": None,
+        },
+    )
     _json(run / "eval_float.json", steps["evaluate-float"])
-    _json(run / "promote.json", {"promoted": False, "reason": "Edge TPU pre-flight failed: CONV_2D version 6",
-                                 "metric": "map50", "new": 0.8, "current": 0.82, "version": None,
-                                 "current_version": "0003", "model_dir": str(run)})
+    _json(
+        run / "promote.json",
+        {
+            "promoted": False,
+            "reason": "Edge TPU pre-flight failed: CONV_2D version 6",
+            "metric": "map50",
+            "new": 0.8,
+            "current": 0.82,
+            "version": None,
+            "current_version": "0003",
+            "model_dir": str(run),
+        },
+    )
     (run / "eval_int8.json").write_text("{truncated")  # unreadable auto-discovered file: shown, no crash
     code, res = report(capsys, run, run / "report")
     assert code == 0
-    assert res["summary"] == ("float mAP@0.5 0.830 (int8 not evaluated); Edge TPU pre-flight FAILED; "
-                              "not promoted: Edge TPU pre-flight failed: CONV_2D version 6")
+    assert res["summary"] == (
+        "float mAP@0.5 0.830 (int8 not evaluated); Edge TPU pre-flight FAILED; "
+        "not promoted: Edge TPU pre-flight failed: CONV_2D version 6"
+    )
     data = json.loads((run / "report" / "report.json").read_text())
     st = {k: v["status"] for k, v in data["steps"].items()}
     assert st["validate"] == "not run" and st["train"] == "done" and st["evaluate-int8"] == "unreadable"
@@ -154,10 +293,15 @@ def test_report_partial_failed_preflight_from_well_known_files(full_run, capsys)
 def test_report_reads_artifact_files_and_step_aliases(full_run, capsys):
     run, root = full_run["run"], full_run["root"]
     ev = _json(root / "e" / "int8.json", full_run["steps"]["evaluate-int8"])
-    code, res = report(capsys, run, root / "out",
-                       f"build_dataset={root / 'datasets/bccd/20261124/manifest.json'}",
-                       f"validate={root / 'validated/drop1/validation_report.json'}",
-                       f"evaluate={ev}", f"config={run / 'config.yaml'}")
+    code, res = report(
+        capsys,
+        run,
+        root / "out",
+        f"build_dataset={root / 'datasets/bccd/20261124/manifest.json'}",
+        f"validate={root / 'validated/drop1/validation_report.json'}",
+        f"evaluate={ev}",
+        f"config={run / 'config.yaml'}",
+    )
     assert code == 0
     data = json.loads((root / "out" / "report.json").read_text())["steps"]
     assert data["dataset"]["counts"]["test"]["images"] == 37 and data["dataset"]["seed"] == 7
@@ -171,14 +315,22 @@ def test_report_accepts_python_repr_from_jinja(tmp_path, capsys):
     """`{{ ti.xcom_pull(...) }}` of a dict renders Python repr; the report still reads it."""
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)
-    value = repr({"promoted": False, "reason": "int8 mAP@0.5 0.7 is below current", "version": None,
-                  "model_dir": str(run), "current_version": "0002"})
+    value = repr(
+        {
+            "promoted": False,
+            "reason": "int8 mAP@0.5 0.7 is below current",
+            "version": None,
+            "model_dir": str(run),
+            "current_version": "0002",
+        }
+    )
     code, res = report(capsys, run, tmp_path / "o", f"promote={value}")
     assert code == 0 and res["summary"].endswith("not promoted: int8 mAP@0.5 0.7 is below current")
 
 
-@pytest.mark.parametrize("step, fragment", [("train={oops", "--step train"), ("nosuch={}", "unknown step"),
-                                            ("train", "NAME=JSON")])
+@pytest.mark.parametrize(
+    "step, fragment", [("train={oops", "--step train"), ("nosuch={}", "unknown step"), ("train", "NAME=JSON")]
+)
 def test_report_bad_step_values_are_user_errors(tmp_path, capsys, step, fragment):
     code, res = report(capsys, tmp_path, tmp_path / "out", step)
     assert code == 2 and fragment in res["stderr"]
@@ -194,15 +346,27 @@ def test_report_missing_run_dir(tmp_path, capsys):
 def test_report_failed_edgetpu_step_reads_its_preflight(full_run, capsys):
     """The edgetpu step exits 2 on a failed pre-flight (no XCom): the report still explains it."""
     run = full_run["run"]
-    _json(run / "edgetpu" / "preflight.json", {
-        "ok": False, "reasons": ["op 3 QUANTIZE (v3) cannot run on the Edge TPU: version 3 is newer than compiler "
-                                 "16 parses; fix: convert with the pinned converter"],
-        "expected_tpu_op_count": 2, "expected_cpu_op_count": 111, "expected_cpu_ops": {"CONV_2D": 51}})
+    _json(
+        run / "edgetpu" / "preflight.json",
+        {
+            "ok": False,
+            "reasons": [
+                "op 3 QUANTIZE (v3) cannot run on the Edge TPU: version 3 is newer than compiler "
+                "16 parses; fix: convert with the pinned converter"
+            ],
+            "expected_tpu_op_count": 2,
+            "expected_cpu_op_count": 111,
+            "expected_cpu_ops": {"CONV_2D": 51},
+        },
+    )
     code, res = report(capsys, run, run / "report", "edgetpu=null", "promote=null")
     assert code == 0 and "Edge TPU pre-flight FAILED" in res["summary"]
     md = (run / "report" / "report.md").read_text()
     assert "can NOT run on the Edge TPU" in md and "QUANTIZE (v3)" in md and "pre-flight estimate" in md
-    assert "the step passed no result" in json.loads((run / "report" / "report.json").read_text())["steps"]["edgetpu"]["note"]
+    assert (
+        "the step passed no result"
+        in json.loads((run / "report" / "report.json").read_text())["steps"]["edgetpu"]["note"]
+    )
 
 
 def test_report_unwraps_json_string_xcom_and_nothing_to_do(full_run, capsys):
@@ -220,14 +384,41 @@ def test_report_unwraps_json_string_xcom_and_nothing_to_do(full_run, capsys):
 def test_report_finds_the_dag_layout_of_failed_steps(full_run, capsys):
     """The DAG writes runs/<id>/validation/ and runs/<id>/train/train_result.json: found without XCom."""
     run = full_run["run"]
-    _json(run / "validation" / "validation_report.json", {
-        "summary": {"status": "failed: 3 of 4 files rejected", "accepted": 1, "rejected": 3}, "files": [
-            {"xml": "a.xml", "image": "a.jpg", "verdict": "accepted", "issues": []},
-            *({"xml": f"{n}.xml", "image": f"{n}.jpg", "verdict": "rejected", "issues": [
-                {"code": "unknown_class", "severity": "error", "message": "class 'RCB' not in the label map",
-                 "fix": "rename it to RBC", "object": 0}]} for n in "bcd")]})
-    _json(run / "train" / "train_result.json", {"checkpoint": str(run / "train/checkpoints/ckpt-6"),
-                                                "steps_done": 6, "loss": 1.25, "images_per_sec": 3.5})
+    _json(
+        run / "validation" / "validation_report.json",
+        {
+            "summary": {"status": "failed: 3 of 4 files rejected", "accepted": 1, "rejected": 3},
+            "files": [
+                {"xml": "a.xml", "image": "a.jpg", "verdict": "accepted", "issues": []},
+                *(
+                    {
+                        "xml": f"{n}.xml",
+                        "image": f"{n}.jpg",
+                        "verdict": "rejected",
+                        "issues": [
+                            {
+                                "code": "unknown_class",
+                                "severity": "error",
+                                "message": "class 'RCB' not in the label map",
+                                "fix": "rename it to RBC",
+                                "object": 0,
+                            }
+                        ],
+                    }
+                    for n in "bcd"
+                ),
+            ],
+        },
+    )
+    _json(
+        run / "train" / "train_result.json",
+        {
+            "checkpoint": str(run / "train/checkpoints/ckpt-6"),
+            "steps_done": 6,
+            "loss": 1.25,
+            "images_per_sec": 3.5,
+        },
+    )
     code, _ = report(capsys, run, run / "report", "validate=null", "train=null")
     assert code == 0
     steps = json.loads((run / "report" / "report.json").read_text())["steps"]

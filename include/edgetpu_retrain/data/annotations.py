@@ -95,9 +95,15 @@ class Box:
     def record(self) -> dict[str, Any]:
         """The object record of accepted.json (docs/contracts.md)."""
         return {
-            "class": self.name, "label": self.label, "xmin": self.xmin, "ymin": self.ymin,
-            "xmax": self.xmax, "ymax": self.ymax, "difficult": self.difficult,
-            "truncated": self.truncated, "pose": self.pose,
+            "class": self.name,
+            "label": self.label,
+            "xmin": self.xmin,
+            "ymin": self.ymin,
+            "xmax": self.xmax,
+            "ymax": self.ymax,
+            "difficult": self.difficult,
+            "truncated": self.truncated,
+            "pose": self.pose,
         }
 
 
@@ -140,8 +146,12 @@ def _flag(text: str | None) -> int:
 
 
 def _too_large(size: int, source: str) -> Issue:
-    return Issue("xml_too_large", ERROR, f"{source} is {size} bytes, over the {MAX_XML_BYTES}-byte limit for one annotation",
-                 "a LabelImg XML is a few KiB: replace it with the XML LabelImg writes")
+    return Issue(
+        "xml_too_large",
+        ERROR,
+        f"{source} is {size} bytes, over the {MAX_XML_BYTES}-byte limit for one annotation",
+        "a LabelImg XML is a few KiB: replace it with the XML LabelImg writes",
+    )
 
 
 def parse_voc(data: bytes, *, source: str = "<xml>") -> tuple[VocAnnotation | None, list[Issue]]:
@@ -151,25 +161,62 @@ def parse_voc(data: bytes, *, source: str = "<xml>") -> tuple[VocAnnotation | No
     if len(data) > MAX_XML_BYTES:
         return None, [_too_large(len(data), source)]
     if _DTD_RE.search(data):
-        return None, [Issue("xml_doctype", ERROR,
-                            f"{source} declares a DOCTYPE or ENTITY (refused: entity expansion / external entity attacks)",
-                            "remove the <!DOCTYPE ...> block and any entity references; LabelImg never writes them")]
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False,
-                             dtd_validation=False, remove_comments=True, remove_pis=True)
+        return None, [
+            Issue(
+                "xml_doctype",
+                ERROR,
+                f"{source} declares a DOCTYPE or ENTITY (refused: entity expansion / external entity "
+                "attacks)",
+                "remove the <!DOCTYPE ...> block and any entity references; LabelImg never writes them",
+            )
+        ]
+    parser = etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        huge_tree=False,
+        dtd_validation=False,
+        remove_comments=True,
+        remove_pis=True,
+    )
     try:
         root = etree.fromstring(data, parser)
     except (etree.XMLSyntaxError, ValueError) as exc:
-        return None, [Issue("xml_parse_error", ERROR, f"{source} is not well-formed XML: {exc}",
-                            "re-save the annotation in LabelImg (or delete the broken file and relabel the image)")]
+        return None, [
+            Issue(
+                "xml_parse_error",
+                ERROR,
+                f"{source} is not well-formed XML: {exc}",
+                "re-save the annotation in LabelImg (or delete the broken file and relabel the image)",
+            )
+        ]
     if root is None:
-        return None, [Issue("xml_parse_error", ERROR, f"{source} is empty", "re-save the annotation in LabelImg")]
+        return None, [
+            Issue("xml_parse_error", ERROR, f"{source} is empty", "re-save the annotation in LabelImg")
+        ]
     tree = root.getroottree()
-    if tree.docinfo.doctype or tree.docinfo.internalDTD is not None or any(True for _ in root.iter(etree.Entity)):
-        return None, [Issue("xml_doctype", ERROR, f"{source} declares a DOCTYPE or uses entities (refused)",
-                            "remove the <!DOCTYPE ...> block and any entity references; LabelImg never writes them")]
+    if (
+        tree.docinfo.doctype
+        or tree.docinfo.internalDTD is not None
+        or any(True for _ in root.iter(etree.Entity))
+    ):
+        return None, [
+            Issue(
+                "xml_doctype",
+                ERROR,
+                f"{source} declares a DOCTYPE or uses entities (refused)",
+                "remove the <!DOCTYPE ...> block and any entity references; LabelImg never writes them",
+            )
+        ]
     if root.tag != "annotation":
-        return None, [Issue("xml_not_voc", ERROR, f"{source}: root element is <{root.tag}>, not <annotation>",
-                            "this is not a Pascal VOC annotation; save it from LabelImg in PascalVOC format")]
+        return None, [
+            Issue(
+                "xml_not_voc",
+                ERROR,
+                f"{source}: root element is <{root.tag}>, not <annotation>",
+                "this is not a Pascal VOC annotation; save it from LabelImg in PascalVOC format",
+            )
+        ]
     filename = root.findtext("filename")
     filename = filename.strip() if filename is not None else None
     size = root.find("size")
@@ -180,12 +227,21 @@ def parse_voc(data: bytes, *, source: str = "<xml>") -> tuple[VocAnnotation | No
     for index, obj in enumerate(root.findall("object")):
         name = (obj.findtext("name") or "").strip()
         bnd = obj.find("bndbox")
-        coords = tuple(
+        xmin, ymin, xmax, ymax = (
             (bnd.findtext(k) if bnd is not None else None) for k in ("xmin", "ymin", "xmax", "ymax")
         )
+        coords = (xmin, ymin, xmax, ymax)
         pose = (obj.findtext("pose") or "").strip() or "Unspecified"
-        objects.append(VocObject(index, name, coords, _flag(obj.findtext("difficult")),  # type: ignore[arg-type]
-                                 _flag(obj.findtext("truncated")), pose))
+        objects.append(
+            VocObject(
+                index,
+                name,
+                coords,
+                _flag(obj.findtext("difficult")),
+                _flag(obj.findtext("truncated")),
+                pose,
+            )
+        )
     return VocAnnotation(filename or None, width, height, depth, tuple(objects)), []
 
 
@@ -197,19 +253,37 @@ def read_voc(path: str | os.PathLike[str]) -> tuple[VocAnnotation | None, list[I
             return None, [_too_large(size, path.name)]
         data = path.read_bytes()
     except OSError as exc:
-        return None, [Issue("xml_unreadable", ERROR, f"{path.name} cannot be read: {exc}", "check the file's permissions")]
+        return None, [
+            Issue(
+                "xml_unreadable", ERROR, f"{path.name} cannot be read: {exc}", "check the file's permissions"
+            )
+        ]
     return parse_voc(data, source=path.name)
 
 
 def check_filename(filename: str | None) -> Issue | None:
     """`<filename>` must be a bare file name; folders, drive letters and '..' are refused."""
     if not filename:
-        return Issue("filename_missing", ERROR, "the XML has no <filename>",
-                     "add <filename>NAME.jpg</filename> (the image's file name) or re-save it in LabelImg")
-    if "/" in filename or "\\" in filename or filename in (".", "..") or ":" in filename or "\x00" in filename:
-        return Issue("filename_unsafe", ERROR,
-                     f"<filename> {filename!r} is not a bare file name (folders, drive letters and '..' are refused)",
-                     "set <filename> to the image's own file name, e.g. IMG_0001.jpg; the image must sit in the images folder")
+        return Issue(
+            "filename_missing",
+            ERROR,
+            "the XML has no <filename>",
+            "add <filename>NAME.jpg</filename> (the image's file name) or re-save it in LabelImg",
+        )
+    if (
+        "/" in filename
+        or "\\" in filename
+        or filename in (".", "..")
+        or ":" in filename
+        or "\x00" in filename
+    ):
+        return Issue(
+            "filename_unsafe",
+            ERROR,
+            f"<filename> {filename!r} is not a bare file name (folders, drive letters and '..' are refused)",
+            "set <filename> to the image's own file name, e.g. IMG_0001.jpg; the image must sit in the "
+            "images folder",
+        )
     return None
 
 
@@ -261,12 +335,19 @@ def check_objects(
         i = obj.index
         where = f"object {i}"
         if not obj.name:
-            issues.append(Issue("box_missing_class", ERROR, f"{where} has no <name>; box dropped",
-                                "select the object in LabelImg and set its class", i))
+            issues.append(
+                Issue(
+                    "box_missing_class",
+                    ERROR,
+                    f"{where} has no <name>; box dropped",
+                    "select the object in LabelImg and set its class",
+                    i,
+                )
+            )
             continue
         values: list[float] = []
         bad = False
-        for key, raw in zip(("xmin", "ymin", "xmax", "ymax"), obj.coords):
+        for _key, raw in zip(("xmin", "ymin", "xmax", "ymax"), obj.coords, strict=False):
             try:
                 v = float((raw or "").strip())
                 if not math.isfinite(v):
@@ -276,63 +357,140 @@ def check_objects(
                 break
             values.append(v)
         if bad:
-            issues.append(Issue("box_bad_coordinates", ERROR,
-                                f"{where} ({obj.name}) has a missing or non-numeric coordinate {obj.coords}; box dropped",
-                                "redraw the box in LabelImg (bndbox needs numeric xmin, ymin, xmax, ymax)", i))
+            issues.append(
+                Issue(
+                    "box_bad_coordinates",
+                    ERROR,
+                    f"{where} ({obj.name}) has a missing or non-numeric coordinate {obj.coords}; box dropped",
+                    "redraw the box in LabelImg (bndbox needs numeric xmin, ymin, xmax, ymax)",
+                    i,
+                )
+            )
             continue
         rounded = [round_coord(v) for v in values]
-        if any(v != r for v, r in zip(values, rounded)):
-            issues.append(Issue("float_coordinates", INFO,
-                                f"{where} ({obj.name}) has non-integer coordinates {obj.coords}; rounded half-to-even to {tuple(rounded)}",
-                                "nothing to do (pixel coordinates are rounded); export integer coordinates to silence this", i))
+        if any(v != r for v, r in zip(values, rounded, strict=False)):
+            issues.append(
+                Issue(
+                    "float_coordinates",
+                    INFO,
+                    f"{where} ({obj.name}) has non-integer coordinates {obj.coords}; rounded half-to-even to "
+                    f"{tuple(rounded)}",
+                    "nothing to do (pixel coordinates are rounded); export integer coordinates to silence "
+                    "this",
+                    i,
+                )
+            )
         xmin, ymin, xmax, ymax = rounded
         if xmin > xmax or ymin > ymax:
-            issues.append(Issue("box_inverted", ERROR,
-                                f"{where} ({obj.name}) is inverted (xmin,ymin,xmax,ymax = {xmin},{ymin},{xmax},{ymax}); box dropped",
-                                "redraw the box (min must be <= max), or swap the values in the XML", i))
+            issues.append(
+                Issue(
+                    "box_inverted",
+                    ERROR,
+                    f"{where} ({obj.name}) is inverted (xmin,ymin,xmax,ymax = {xmin},{ymin},{xmax},{ymax}); "
+                    "box dropped",
+                    "redraw the box (min must be <= max), or swap the values in the XML",
+                    i,
+                )
+            )
             continue
-        outside = (xmin < -tol_x or ymin < -tol_y or xmax > width + tol_x or ymax > height + tol_y)
+        outside = xmin < -tol_x or ymin < -tol_y or xmax > width + tol_x or ymax > height + tol_y
         if outside:
-            issues.append(Issue("box_outside_image", ERROR,
-                                f"{where} ({obj.name}) ({xmin},{ymin},{xmax},{ymax}) lies outside the {width}x{height} image "
-                                f"by more than the clip tolerance ({tol_x}x{tol_y} px); box dropped",
-                                "redraw the box inside the image, or check that the XML belongs to this image", i))
+            issues.append(
+                Issue(
+                    "box_outside_image",
+                    ERROR,
+                    f"{where} ({obj.name}) ({xmin},{ymin},{xmax},{ymax}) lies outside the {width}x{height} "
+                    "image "
+                    f"by more than the clip tolerance ({tol_x}x{tol_y} px); box dropped",
+                    "redraw the box inside the image, or check that the XML belongs to this image",
+                    i,
+                )
+            )
             continue
-        clipped = (max(0, min(xmin, width)), max(0, min(ymin, height)), max(0, min(xmax, width)), max(0, min(ymax, height)))
+        clipped = (
+            max(0, min(xmin, width)),
+            max(0, min(ymin, height)),
+            max(0, min(xmax, width)),
+            max(0, min(ymax, height)),
+        )
         if clipped != (xmin, ymin, xmax, ymax):
-            issues.append(Issue("box_clipped", WARNING,
-                                f"{where} ({obj.name}) ({xmin},{ymin},{xmax},{ymax}) reaches past the {width}x{height} image edge; "
-                                f"clipped to {clipped}",
-                                "redraw the box inside the image to silence this", i))
+            issues.append(
+                Issue(
+                    "box_clipped",
+                    WARNING,
+                    f"{where} ({obj.name}) ({xmin},{ymin},{xmax},{ymax}) reaches past the {width}x{height} "
+                    "image edge; "
+                    f"clipped to {clipped}",
+                    "redraw the box inside the image to silence this",
+                    i,
+                )
+            )
             xmin, ymin, xmax, ymax = clipped
         if xmin == xmax or ymin == ymax:
-            issues.append(Issue("box_zero_area", ERROR,
-                                f"{where} ({obj.name}) has zero area ({xmin},{ymin},{xmax},{ymax}); box dropped",
-                                "delete the stray box in LabelImg (a click without a drag) or redraw it", i))
+            issues.append(
+                Issue(
+                    "box_zero_area",
+                    ERROR,
+                    f"{where} ({obj.name}) has zero area ({xmin},{ymin},{xmax},{ymax}); box dropped",
+                    "delete the stray box in LabelImg (a click without a drag) or redraw it",
+                    i,
+                )
+            )
             continue
         if obj.name not in label_ids:
             hint = suggest_class(obj.name, known)
             if hint and normalize_class(hint) == normalize_class(obj.name):
-                fix = f"did you mean {hint!r}? rename the class in LabelImg (names differing only in case/spacing are never added)"
+                fix = (
+                    f"did you mean {hint!r}? rename the class in LabelImg "
+                    "(names differing only in case/spacing are never added)"
+                )
             elif hint:
-                fix = f"did you mean {hint!r}? rename the class in LabelImg, or run with --append-labels if it is a new class"
+                fix = (
+                    f"did you mean {hint!r}? rename the class in LabelImg, "
+                    "or run with --append-labels if it is a new class"
+                )
             else:
                 fix = "rename the class in LabelImg, or add it to the label map (--append-labels)"
-            issues.append(Issue("unknown_class", ERROR,
-                                f"{where} has class {obj.name!r}, which is not in the label map ({', '.join(known)}); box dropped",
-                                fix, i))
+            issues.append(
+                Issue(
+                    "unknown_class",
+                    ERROR,
+                    f"{where} has class {obj.name!r}, which is not in the label map ({', '.join(known)}); "
+                    "box dropped",
+                    fix,
+                    i,
+                )
+            )
             continue
-        kept.append(Box(i, obj.name, label_ids[obj.name], xmin, ymin, xmax, ymax,
-                        obj.difficult, obj.truncated, obj.pose))
+        kept.append(
+            Box(
+                i,
+                obj.name,
+                label_ids[obj.name],
+                xmin,
+                ymin,
+                xmax,
+                ymax,
+                obj.difficult,
+                obj.truncated,
+                obj.pose,
+            )
+        )
     for a_pos, a in enumerate(kept):
-        for b in kept[a_pos + 1:]:
+        for b in kept[a_pos + 1 :]:
             if a.name == b.name:
                 overlap = iou(a, b)
                 if overlap > near_duplicate_iou:
-                    issues.append(Issue("near_duplicate_boxes", WARNING,
-                                        f"objects {a.index} and {b.index} ({a.name}) overlap with IoU {overlap:.2f} "
-                                        f"(> {near_duplicate_iou}); probably the same object labeled twice (both kept)",
-                                        f"delete one of the two boxes in LabelImg (object {b.index} is the later one)", b.index))
+                    issues.append(
+                        Issue(
+                            "near_duplicate_boxes",
+                            WARNING,
+                            f"objects {a.index} and {b.index} ({a.name}) overlap with IoU {overlap:.2f} "
+                            f"(> {near_duplicate_iou}); probably the same object labeled twice (both kept)",
+                            f"delete one of the two boxes in LabelImg (object {b.index} is the later one)",
+                            b.index,
+                        )
+                    )
     return kept, issues
 
 
@@ -348,7 +506,14 @@ def check_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_IMAGE_PIX
     try:
         info.sha256 = sha256_file(path)
     except OSError as exc:
-        info.issues.append(Issue("image_unreadable", ERROR, f"{path.name} cannot be read: {exc}", "check the file's permissions"))
+        info.issues.append(
+            Issue(
+                "image_unreadable",
+                ERROR,
+                f"{path.name} cannot be read: {exc}",
+                "check the file's permissions",
+            )
+        )
         return info
     try:
         with warnings.catch_warnings():
@@ -361,43 +526,81 @@ def check_image(path: str | os.PathLike[str], *, max_pixels: int = MAX_IMAGE_PIX
                 try:
                     info.orientation = im.getexif().get(EXIF_ORIENTATION_TAG)
                 except Exception:  # noqa: BLE001 - a broken EXIF block is reported, not fatal
-                    info.issues.append(Issue("exif_unreadable", WARNING, f"{path.name}: the EXIF block cannot be read",
-                                             "re-save the image without EXIF metadata to silence this"))
+                    info.issues.append(
+                        Issue(
+                            "exif_unreadable",
+                            WARNING,
+                            f"{path.name}: the EXIF block cannot be read",
+                            "re-save the image without EXIF metadata to silence this",
+                        )
+                    )
             with Image.open(path) as im:  # verify() must directly follow open()
                 im.verify()
             with Image.open(path) as im:  # verify() leaves the image unusable: decode from a fresh open
                 im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        declared = f"{info.width}x{info.height} = {info.width * info.height} pixels" if info.width else f"too many pixels ({exc})"
-        info.issues.append(Issue("decompression_bomb", ERROR,
-                     f"{path.name} declares {declared}, over the "
-                     f"{max_pixels}-pixel limit (decompression bomb protection); not decoded",
-                     "resize the image below the limit (detector inputs are ~320 px anyway) or remove it"))
+        declared = (
+            f"{info.width}x{info.height} = {info.width * info.height} pixels"
+            if info.width
+            else f"too many pixels ({exc})"
+        )
+        info.issues.append(
+            Issue(
+                "decompression_bomb",
+                ERROR,
+                f"{path.name} declares {declared}, over the "
+                f"{max_pixels}-pixel limit (decompression bomb protection); not decoded",
+                "resize the image below the limit (detector inputs are ~320 px anyway) or remove it",
+            )
+        )
         return info
     except UnidentifiedImageError:
-        info.issues.append(Issue("image_unreadable", ERROR, f"{path.name} is not an image Pillow can identify",
-                                 "replace it with the original JPEG/PNG, or remove it from the folder"))
+        info.issues.append(
+            Issue(
+                "image_unreadable",
+                ERROR,
+                f"{path.name} is not an image Pillow can identify",
+                "replace it with the original JPEG/PNG, or remove it from the folder",
+            )
+        )
         return info
     except Exception as exc:  # noqa: BLE001 - any decoder failure (truncated, corrupt) is a verdict
-        info.issues.append(Issue("image_corrupt", ERROR, f"{path.name} does not decode ({type(exc).__name__}: {exc})",
-                                 "the file is truncated or damaged: copy it again from the source (camera/phone/export)"))
+        info.issues.append(
+            Issue(
+                "image_corrupt",
+                ERROR,
+                f"{path.name} does not decode ({type(exc).__name__}: {exc})",
+                "the file is truncated or damaged: copy it again from the source (camera/phone/export)",
+            )
+        )
         return info
     info.format = SUPPORTED_FORMATS.get(info.pil_format or "")
     if info.format is None and info.pil_format in CONVERTIBLE_FORMATS:
         info.format = "png"
         return info
     if info.format is None:
-        info.issues.append(Issue("unsupported_format", ERROR,
-                                 f"{path.name} is {info.pil_format}; only JPEG and PNG (or BMP/GIF/TIFF/WEBP, converted) are supported",
-                                 "re-save it as JPEG or PNG (and update <filename> in its XML)"))
+        info.issues.append(
+            Issue(
+                "unsupported_format",
+                ERROR,
+                f"{path.name} is {info.pil_format}; only JPEG and PNG (or BMP/GIF/TIFF/WEBP, converted) are "
+                "supported",
+                "re-save it as JPEG or PNG (and update <filename> in its XML)",
+            )
+        )
         return info
     ext = path.suffix.lower()
     expected_ext = {"jpeg": (".jpg", ".jpeg", ".jpe"), "png": (".png",)}[info.format]
     if ext not in expected_ext:
-        info.issues.append(Issue("extension_mismatch", WARNING,
-                                 f"{path.name} is really {info.format.upper()} (by its content) despite its extension; "
-                                 f"recorded as format {info.format!r}",
-                                 f"rename it to {path.stem}{expected_ext[0]} (and update <filename> in its XML)"))
+        info.issues.append(
+            Issue(
+                "extension_mismatch",
+                WARNING,
+                f"{path.name} is really {info.format.upper()} (by its content) despite its extension; "
+                f"recorded as format {info.format!r}",
+                f"rename it to {path.stem}{expected_ext[0]} (and update <filename> in its XML)",
+            )
+        )
     return info
 
 
@@ -407,16 +610,34 @@ def exif_issues(info: ImageInfo, *, policy: str = "stored") -> list[Issue]:
     if o is None or o == 1:
         return []
     if not isinstance(o, int) or not 1 <= o <= 8:
-        return [Issue("exif_orientation_invalid", WARNING,
-                      f"{info.name} has an invalid EXIF orientation value {o!r} (valid: 1..8); ignored, stored pixels used",
-                      "re-save the image without EXIF orientation (e.g. `exiftool -Orientation= FILE`)")]
+        return [
+            Issue(
+                "exif_orientation_invalid",
+                WARNING,
+                f"{info.name} has an invalid EXIF orientation value {o!r} (valid: 1..8); ignored, stored "
+                "pixels used",
+                "re-save the image without EXIF orientation (e.g. `exiftool -Orientation= FILE`)",
+            )
+        ]
     if policy == "reject":
-        return [Issue("exif_rotated", ERROR,
-                      f"{info.name} has EXIF orientation {o}: viewers show it rotated/flipped, LabelImg labels the stored pixels",
-                      "re-save it with the rotation applied (e.g. PIL ImageOps.exif_transpose) and relabel, "
-                      "or run with --exif-policy stored if the boxes were drawn in LabelImg")]
-    return [Issue("exif_rotated", WARNING,
-                  f"{info.name} has EXIF orientation {o}; LabelImg labels the stored pixels, so the boxes and the "
-                  "TFRecord keep the stored (unrotated) pixels",
-                  "nothing to do if you labeled in LabelImg; if the boxes were drawn on the displayed (rotated) image, "
-                  "re-save it with the rotation applied and relabel")]
+        return [
+            Issue(
+                "exif_rotated",
+                ERROR,
+                f"{info.name} has EXIF orientation {o}: viewers show it rotated/flipped, LabelImg labels the "
+                "stored pixels",
+                "re-save it with the rotation applied (e.g. PIL ImageOps.exif_transpose) and relabel, "
+                "or run with --exif-policy stored if the boxes were drawn in LabelImg",
+            )
+        ]
+    return [
+        Issue(
+            "exif_rotated",
+            WARNING,
+            f"{info.name} has EXIF orientation {o}; LabelImg labels the stored pixels, so the boxes and the "
+            "TFRecord keep the stored (unrotated) pixels",
+            "nothing to do if you labeled in LabelImg; if the boxes were drawn on the displayed (rotated) "
+            "image, "
+            "re-save it with the rotation applied and relabel",
+        )
+    ]

@@ -25,8 +25,9 @@ Choices (documented here and in the verb's --help):
   otherwise, if OUT already holds a manifest whose every other field is identical, its `created` is
   kept; otherwise the current UTC time. So re-running into the same OUT gives byte-identical files.
 * Shards are written by a ProcessPoolExecutor (spawn; one shard per task; --workers default
-  os.cpu_count(), limited to one per 32 MB of images since starting a worker costs ~0.3 s); the TFRecord framing and Example protobuf are written without TensorFlow (see
-  tfrecord.py; no 3 s TF import per worker). Each image's sha256 is checked against accepted.json.
+  os.cpu_count(), limited to one per 32 MB of images since starting a worker costs ~0.3 s); the
+  TFRecord framing and Example protobuf are written without TensorFlow (see tfrecord.py; no 3 s TF
+  import per worker). Each image's sha256 is checked against accepted.json.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import os
 import random
 import shutil
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +62,15 @@ MANIFEST_VERSION = 1
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--validated", required=True, help="validate's output dir (accepted.json + label_map.pbtxt)")
+    parser.add_argument(
+        "--validated", required=True, help="validate's output dir (accepted.json + label_map.pbtxt)"
+    )
     parser.add_argument("--out", required=True, help="dataset snapshot dir to write (replaced atomically)")
     parser.add_argument(
         "--split",
         default="0.8,0.1,0.1",
-        help="train,val,test ratios: three non-negative numbers summing to 1, train > 0 (default 0.8,0.1,0.1)",
+        help="train,val,test ratios: three non-negative numbers summing to 1, train > 0 "
+        "(default 0.8,0.1,0.1)",
     )
     parser.add_argument("--seed", type=int, default=0, help="split and shard-order seed (default 0)")
     parser.add_argument(
@@ -129,18 +133,30 @@ def read_label_map(path: str | os.PathLike[str]) -> list[tuple[int, str]]:
     return sorted((item.id, item.name) for item in _read(path))
 
 
-def load_validated(validated_dir: str | os.PathLike[str]) -> tuple[Path, list[dict], list[tuple[int, str]], Path]:
+def load_validated(
+    validated_dir: str | os.PathLike[str],
+) -> tuple[Path, list[dict], list[tuple[int, str]], Path]:
     """(validated dir, image records sorted by filename, label map items, label map path)."""
     vdir = Path(validated_dir)
     accepted_path = vdir / "accepted.json"
     if not accepted_path.is_file():
-        raise UserError(f"{accepted_path}: not found; run validate first (it writes accepted.json into its --out dir)")
+        raise UserError(
+            f"{accepted_path}: not found; run validate first (it writes accepted.json into its --out dir)"
+        )
     accepted = read_json(accepted_path)
-    if not isinstance(accepted, dict) or accepted.get("version") != 1 or not isinstance(accepted.get("images"), list):
-        raise UserError(f"{accepted_path}: not an accepted.json version 1 with an 'images' list; run validate first")
+    if (
+        not isinstance(accepted, dict)
+        or accepted.get("version") != 1
+        or not isinstance(accepted.get("images"), list)
+    ):
+        raise UserError(
+            f"{accepted_path}: not an accepted.json version 1 with an 'images' list; run validate first"
+        )
     label_map_path = vdir / str(accepted.get("label_map") or "label_map.pbtxt")
     if not label_map_path.is_file():
-        raise UserError(f"{label_map_path}: label map not found; run validate first (it writes label_map.pbtxt)")
+        raise UserError(
+            f"{label_map_path}: label map not found; run validate first (it writes label_map.pbtxt)"
+        )
     items = read_label_map(label_map_path)
     by_name = {name: idx for idx, name in items}
 
@@ -153,9 +169,13 @@ def load_validated(validated_dir: str | os.PathLike[str]) -> tuple[Path, list[di
             objects = list(rec.get("objects") or [])
             path = Path(rec["path"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"{accepted_path}: image {i} lacks {exc}; run validate first to rewrite it") from exc
+            raise UserError(
+                f"{accepted_path}: image {i} lacks {exc}; run validate first to rewrite it"
+            ) from exc
         if name in seen:
-            raise UserError(f"{accepted_path}: file name {name!r} listed twice; run validate first to rewrite it")
+            raise UserError(
+                f"{accepted_path}: file name {name!r} listed twice; run validate first to rewrite it"
+            )
         seen.add(name)
         if width <= 0 or height <= 0:
             raise UserError(f"{accepted_path}: {name}: bad size {width}x{height}; run validate first")
@@ -163,14 +183,16 @@ def load_validated(validated_dir: str | os.PathLike[str]) -> tuple[Path, list[di
             path = vdir / path
         for j, obj in enumerate(objects):
             if not isinstance(obj, dict):
-                raise UserError(f"{accepted_path}: {name} object {j}: {obj!r} is not an object record; run validate first")
-            cls = obj.get("class")
+                raise UserError(
+                    f"{accepted_path}: {name} object {j}: {obj!r} is not an object record; run validate first"
+                )
+            cls: Any = obj.get("class")
             if by_name.get(cls) != obj.get("label"):
                 raise UserError(
-                    f"{accepted_path}: {name} object {j}: class {cls!r} label {obj.get('label')!r} does not match "
-                    f"{label_map_path.name}; run validate first to rewrite both"
+                    f"{accepted_path}: {name} object {j}: class {cls!r} label {obj.get('label')!r} does not "
+                    f"match {label_map_path.name}; run validate first to rewrite both"
                 )
-            box = [obj.get(k) for k in ("xmin", "ymin", "xmax", "ymax")]
+            box: list[Any] = [obj.get(k) for k in ("xmin", "ymin", "xmax", "ymax")]
             if not all(isinstance(v, int) and not isinstance(v, bool) for v in box) or not (
                 0 <= box[0] < box[2] <= width and 0 <= box[1] < box[3] <= height
             ):
@@ -181,8 +203,17 @@ def load_validated(validated_dir: str | os.PathLike[str]) -> tuple[Path, list[di
         fmt = str(rec.get("format") or "jpeg").lower()
         if fmt not in ("jpeg", "jpg", "png"):
             raise UserError(f"{accepted_path}: {name}: format {fmt!r} is not jpeg or png; run validate first")
-        images.append({**rec, "filename": name, "width": width, "height": height, "objects": objects,
-                       "path": str(path), "format": "jpeg" if fmt == "jpg" else fmt})
+        images.append(
+            {
+                **rec,
+                "filename": name,
+                "width": width,
+                "height": height,
+                "objects": objects,
+                "path": str(path),
+                "format": "jpeg" if fmt == "jpg" else fmt,
+            }
+        )
     images.sort(key=lambda r: r["filename"])
     return vdir, images, items, label_map_path
 
@@ -251,7 +282,7 @@ def stratified_split(
         if not any(assigned[n] == 0 for n in by_class[c]):
             candidates = sorted(by_class[c], key=lambda n: (len(classes_of[n]), n))
             assigned[candidates[0]] = 0
-    result = {s: [] for s in SPLITS}
+    result: dict[str, list[str]] = {s: [] for s in SPLITS}
     for name in sorted(assigned):
         result[SPLITS[assigned[name]]].append(name)
     return result
@@ -268,8 +299,18 @@ def csv_bytes(images: Sequence[Mapping[str, Any]]) -> bytes:
     writer.writerow(CSV_COLUMNS)
     for rec in images:
         for obj in rec["objects"]:
-            writer.writerow([rec["filename"], rec["width"], rec["height"], obj["class"],
-                             obj["xmin"], obj["ymin"], obj["xmax"], obj["ymax"]])
+            writer.writerow(
+                [
+                    rec["filename"],
+                    rec["width"],
+                    rec["height"],
+                    obj["class"],
+                    obj["xmin"],
+                    obj["ymin"],
+                    obj["xmax"],
+                    obj["ymax"],
+                ]
+            )
     return buf.getvalue().encode("utf-8")
 
 
@@ -290,7 +331,9 @@ def _write_shard(task: tuple[str, list[dict]]) -> tuple[str, int, int]:
                 raise UserError(f"{rec['path']}: cannot read image ({exc}); run validate first") from exc
             digest = sha256_bytes(data)
             if rec.get("sha256") and rec["sha256"] != digest:
-                raise UserError(f"{rec['path']}: image changed since validate (sha256 differs); run validate first")
+                raise UserError(
+                    f"{rec['path']}: image changed since validate (sha256 differs); run validate first"
+                )
             writer.write(encode_example(rec, data, sha256=digest))
     return path, len(records), os.path.getsize(path)
 
@@ -315,9 +358,11 @@ def _created(previous: Path, manifest: dict) -> str:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch:
         try:
-            stamp = datetime.fromtimestamp(int(epoch), tz=timezone.utc)
+            stamp = datetime.fromtimestamp(int(epoch), tz=UTC)
         except (ValueError, OverflowError, OSError) as exc:
-            raise UserError(f"SOURCE_DATE_EPOCH={epoch!r}: not a Unix timestamp in seconds; fix or unset it") from exc
+            raise UserError(
+                f"SOURCE_DATE_EPOCH={epoch!r}: not a Unix timestamp in seconds; fix or unset it"
+            ) from exc
         return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
     if previous.is_file():
         try:
@@ -327,7 +372,7 @@ def _created(previous: Path, manifest: dict) -> str:
         if isinstance(old, dict) and isinstance(old.get("created"), str):
             if {k: v for k, v in old.items() if k != "created"} == manifest:
                 return old["created"]
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def build_dataset(
@@ -347,18 +392,24 @@ def build_dataset(
         raise UserError(f"--workers {workers}: must be >= 1")
     vdir, images, label_items, label_map_path = load_validated(validated_dir)
     if not images:
-        raise UserError(f"{vdir / 'accepted.json'}: no accepted images; fix the rejected files and run validate again")
+        raise UserError(
+            f"{vdir / 'accepted.json'}: no accepted images; fix the rejected files and run validate again"
+        )
     out = Path(out_dir).resolve()
     class_names = [name for _, name in label_items]
 
     by_name = {rec["filename"]: rec for rec in images}
-    splits = stratified_split({n: [o["class"] for o in r["objects"]] for n, r in by_name.items()}, ratios, seed)
+    splits = stratified_split(
+        {n: [o["class"] for o in r["objects"]] for n, r in by_name.items()}, ratios, seed
+    )
 
     for rec in images:
         try:
             rec["_size"] = os.path.getsize(rec["path"])
         except OSError as exc:
-            raise UserError(f"{rec['path']}: image listed in accepted.json is missing ({exc}); run validate first") from exc
+            raise UserError(
+                f"{rec['path']}: image listed in accepted.json is missing ({exc}); run validate first"
+            ) from exc
 
     with atomic_dir(out) as tmp:
         (tmp / "splits").mkdir()
@@ -368,15 +419,21 @@ def build_dataset(
         tasks: list[tuple[str, list[dict]]] = []
         shard_files: dict[str, list[str]] = {}
         counts: dict[str, dict] = {}
-        for s_index, split_name in enumerate(SPLITS):
+        for split_name in SPLITS:
             names = splits[split_name]
-            (tmp / "splits" / f"{split_name}.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
+            (tmp / "splits" / f"{split_name}.txt").write_text(
+                "".join(f"{n}\n" for n in names), encoding="utf-8"
+            )
             recs = [by_name[n] for n in names]
             per_class = dict.fromkeys(class_names, 0)
             for rec in recs:
                 for obj in rec["objects"]:
                     per_class[obj["class"]] += 1
-            counts[split_name] = {"images": len(recs), "objects": sum(per_class.values()), "per_class": per_class}
+            counts[split_name] = {
+                "images": len(recs),
+                "objects": sum(per_class.values()),
+                "per_class": per_class,
+            }
             if not recs:
                 shard_files[split_name] = []
                 continue
@@ -414,8 +471,12 @@ def build_dataset(
         (tmp / "manifest.json").write_text(dumps_json(manifest), encoding="utf-8")
 
     log.info(
-        "dataset %s: %s", out,
-        ", ".join(f"{s} {counts[s]['images']} images/{counts[s]['objects']} objects/{len(shard_files[s])} shards" for s in SPLITS),
+        "dataset %s: %s",
+        out,
+        ", ".join(
+            f"{s} {counts[s]['images']} images/{counts[s]['objects']} objects/{len(shard_files[s])} shards"
+            for s in SPLITS
+        ),
     )
     return {
         "manifest": str(out / "manifest.json"),

@@ -40,9 +40,16 @@ MAX_IMAGES = 100_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="folder to write (replaced atomically): images + XML + READY")
+    parser.add_argument(
+        "--out", required=True, help="folder to write (replaced atomically): images + XML + READY"
+    )
     parser.add_argument("--images", type=int, default=60, help="number of images (default 60)")
-    parser.add_argument("--size", type=int, default=320, help=f"image width = height in pixels ({MIN_SIZE}..{MAX_SIZE}, default 320)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        default=320,
+        help=f"image width = height in pixels ({MIN_SIZE}..{MAX_SIZE}, default 320)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same bytes")
 
 
@@ -72,7 +79,10 @@ def _background(rng: random.Random, size: int) -> Any:
     dark = rng.random() < 0.5  # dark or light scene; shapes get a brightness far from it
     base_v = 0.15 + 0.25 * rng.random() if dark else 0.65 + 0.25 * rng.random()
     c1 = np.array(_hsv(rng.random(), 0.1 + 0.3 * rng.random(), base_v), dtype=np.float32)
-    c2 = np.array(_hsv(rng.random(), 0.1 + 0.3 * rng.random(), min(1.0, max(0.0, base_v + 0.2 * (rng.random() - 0.5)))), dtype=np.float32)
+    c2 = np.array(
+        _hsv(rng.random(), 0.1 + 0.3 * rng.random(), min(1.0, max(0.0, base_v + 0.2 * (rng.random() - 0.5)))),
+        dtype=np.float32,
+    )
     kind = rng.random()
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(1, size - 1)
     angle = 2 * math.pi * rng.random()
@@ -93,7 +103,9 @@ def _background(rng: random.Random, size: int) -> Any:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def _contrasting(colour: tuple[int, int, int], background_luma: float, *, delta: float = 90.0) -> tuple[int, int, int]:
+def _contrasting(
+    colour: tuple[int, int, int], background_luma: float, *, delta: float = 90.0
+) -> tuple[int, int, int]:
     """`colour` (same hue) brightened toward white or darkened toward black to a luma `delta` away
     from the background's."""
     luma = _luma(colour)
@@ -156,7 +168,9 @@ def draw_image(rng: random.Random, size: int) -> tuple[Any, list[dict]]:
     return image, objects
 
 
-def voc_xml(*, folder: str, filename: str, path: str, width: int, height: int, objects: list[dict], depth: int = 3) -> bytes:
+def voc_xml(
+    *, folder: str, filename: str, path: str, width: int, height: int, objects: list[dict], depth: int = 3
+) -> bytes:
     """Pascal VOC XML exactly as LabelImg writes it (tab indentation, no XML declaration)."""
     lines = [
         "<annotation>",
@@ -211,12 +225,24 @@ def make_demo(out_dir: str | os.PathLike[str], *, images: int = 60, size: int = 
             buf = io.BytesIO()
             image.save(buf, format="JPEG", quality=90, optimize=False, progressive=False, subsampling=0)
             (tmp / f"{name}.jpg").write_bytes(buf.getvalue())
-            xml = voc_xml(folder=out.name, filename=f"{name}.jpg", path=str(out / f"{name}.jpg"),
-                          width=size, height=size, objects=objects)
+            xml = voc_xml(
+                folder=out.name,
+                filename=f"{name}.jpg",
+                path=str(out / f"{name}.jpg"),
+                width=size,
+                height=size,
+                objects=objects,
+            )
             (tmp / f"{name}.xml").write_bytes(xml)
             for obj in objects:
                 per_class[obj["class"]] += 1
             total += len(objects)
         (tmp / READY_MARKER).write_bytes(b"")  # last: the drop is complete
     log.info("demo-data %s: %d images, %d objects %s", out, images, total, per_class)
-    return {"out_dir": str(out), "images": images, "objects": total, "classes": list(CLASSES), "per_class": per_class}
+    return {
+        "out_dir": str(out),
+        "images": images,
+        "objects": total,
+        "classes": list(CLASSES),
+        "per_class": per_class,
+    }

@@ -203,26 +203,63 @@ def parse_size(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of `edgetpu-retrain download`; validated here so bad values fail before any request."""
     defaults = FetchOptions()
-    parser.add_argument("--manifest", required=True, type=Path, metavar="FILE",
-                        help="URL list (one per line, '#' comments) or CSV with header "
-                             "url[,sha256][,filename]")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
-                        help="image folder to download into (created)")
-    parser.add_argument("--timeout-connect", type=_positive_float, default=defaults.connect_timeout,
-                        metavar="S", help="seconds to wait for a TCP/TLS connection (default %(default)s)")
-    parser.add_argument("--timeout-read", type=_positive_float, default=defaults.read_timeout,
-                        metavar="S",
-                        help="seconds to wait for each read from the server (default %(default)s)")
-    parser.add_argument("--max-bytes", type=parse_size, default=defaults.max_bytes, metavar="N",
-                        help="largest accepted body, e.g. 50M (default %(default)s bytes)")
-    parser.add_argument("--retries", type=_non_negative_int, default=defaults.retries, metavar="N",
-                        help="extra attempts on 5xx, connection errors and timeouts (default %(default)s)")
-    parser.add_argument("--backoff", type=_non_negative_float, default=defaults.backoff, metavar="S",
-                        help="first retry delay; doubles on each retry (default %(default)s)")
-    parser.add_argument("--max-redirects", type=_non_negative_int, default=defaults.max_redirects,
-                        metavar="N", help="redirects followed per URL (default %(default)s)")
-    parser.add_argument("--fail-on-error", action="store_true",
-                        help="fail the step if any URL failed (default: only if every URL failed)")
+    parser.add_argument(
+        "--manifest",
+        required=True,
+        type=Path,
+        metavar="FILE",
+        help="URL list (one per line, '#' comments) or CSV with header url[,sha256][,filename]",
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, metavar="DIR", help="image folder to download into (created)"
+    )
+    parser.add_argument(
+        "--timeout-connect",
+        type=_positive_float,
+        default=defaults.connect_timeout,
+        metavar="S",
+        help="seconds to wait for a TCP/TLS connection (default %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout-read",
+        type=_positive_float,
+        default=defaults.read_timeout,
+        metavar="S",
+        help="seconds to wait for each read from the server (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=parse_size,
+        default=defaults.max_bytes,
+        metavar="N",
+        help="largest accepted body, e.g. 50M (default %(default)s bytes)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=_non_negative_int,
+        default=defaults.retries,
+        metavar="N",
+        help="extra attempts on 5xx, connection errors and timeouts (default %(default)s)",
+    )
+    parser.add_argument(
+        "--backoff",
+        type=_non_negative_float,
+        default=defaults.backoff,
+        metavar="S",
+        help="first retry delay; doubles on each retry (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-redirects",
+        type=_non_negative_int,
+        default=defaults.max_redirects,
+        metavar="N",
+        help="redirects followed per URL (default %(default)s)",
+    )
+    parser.add_argument(
+        "--fail-on-error",
+        action="store_true",
+        help="fail the step if any URL failed (default: only if every URL failed)",
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -235,8 +272,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         backoff=args.backoff,
         max_redirects=args.max_redirects,
     )
-    return download(manifest=args.manifest, out_dir=args.out, options=options,
-                    fail_on_error=args.fail_on_error)
+    return download(
+        manifest=args.manifest, out_dir=args.out, options=options, fail_on_error=args.fail_on_error
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -260,8 +298,9 @@ def _check_sha256(value: str, *, manifest: Path, line: int) -> str | None:
     if not value:
         return None
     if not _SHA256_RE.match(value):
-        raise UserError(f"{manifest}: line {line}: sha256 {value!r} is not 64 hex digits; "
-                        "fix it or leave the cell empty")
+        raise UserError(
+            f"{manifest}: line {line}: sha256 {value!r} is not 64 hex digits; fix it or leave the cell empty"
+        )
     return value
 
 
@@ -290,9 +329,12 @@ def _cell(cells: Sequence[str], index: dict[str, int], name: str) -> str:
     return cells[position] if position is not None and position < len(cells) else ""
 
 
-def _parse_csv_rows(lines: Sequence[tuple[int, str]], *, columns: list[str],
-                    manifest: Path) -> list[ManifestEntry]:
-    index = {name: columns.index(name) for name in ("url", "sha256", "filename") if name in columns}
+def _parse_csv_rows(
+    lines: Sequence[tuple[int, str]], *, columns: list[str], manifest: Path
+) -> list[ManifestEntry]:
+    index: dict[str, int] = {
+        name: columns.index(name) for name in ("url", "sha256", "filename") if name in columns
+    }
     entries = []
     for number, line in lines:
         try:
@@ -302,12 +344,14 @@ def _parse_csv_rows(lines: Sequence[tuple[int, str]], *, columns: list[str],
         url = _cell(cells, index, "url")
         if not url:
             raise UserError(f"{manifest}: line {number}: empty url cell; fill it in or delete the row")
-        entries.append(ManifestEntry(
-            line=number,
-            url=url,
-            sha256=_check_sha256(_cell(cells, index, "sha256"), manifest=manifest, line=number),
-            filename=_cell(cells, index, "filename") or None,
-        ))
+        entries.append(
+            ManifestEntry(
+                line=number,
+                url=url,
+                sha256=_check_sha256(_cell(cells, index, "sha256"), manifest=manifest, line=number),
+                filename=_cell(cells, index, "filename") or None,
+            )
+        )
     if not entries:
         raise UserError(f"{manifest}: CSV header but no rows; add one row per URL")
     return entries
@@ -318,12 +362,16 @@ def _parse_url_lines(lines: Sequence[tuple[int, str]], *, manifest: Path) -> lis
     for number, line in lines:
         url = re.split(r"\s+#", line, maxsplit=1)[0].strip()  # allow a trailing " # comment"
         if re.search(r"\s", url):
-            raise UserError(f"{manifest}: line {number}: expected one URL per line, got {line!r}; "
-                            "put checksums/names in a CSV with header url,sha256,filename")
+            raise UserError(
+                f"{manifest}: line {number}: expected one URL per line, got {line!r}; "
+                "put checksums/names in a CSV with header url,sha256,filename"
+            )
         cells = url.split(",")
         if len(cells) > 1 and any(_SHA256_RE.match(c.strip().lower()) for c in cells[1:]):
-            raise UserError(f"{manifest}: line {number}: looks like CSV without a header; "
-                            "add a first line 'url,sha256' (and 'filename' if used)")
+            raise UserError(
+                f"{manifest}: line {number}: looks like CSV without a header; "
+                "add a first line 'url,sha256' (and 'filename' if used)"
+            )
         entries.append(ManifestEntry(line=number, url=url))
     return entries
 
@@ -335,8 +383,9 @@ def read_manifest(path: Path) -> list[ManifestEntry]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: manifest is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                        "save it as UTF-8") from exc
+        raise UserError(
+            f"{path}: manifest is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8"
+        ) from exc
     except OSError as exc:
         raise UserError(f"{path}: cannot read manifest ({exc.strerror}); check its permissions") from exc
     return parse_manifest(text, manifest=path)
@@ -414,17 +463,23 @@ def inspect_image(data: bytes) -> ImageInfo:
     except UnidentifiedImageError:
         head = data[:64].lstrip().lower()
         kind = "an HTML page" if head.startswith((b"<!doctype html", b"<html")) else "not an image"
-        raise FetchError(f"body is {kind} (Pillow cannot identify it); the URL must point at the image "
-                         "file itself, not a web page about it", retryable=False) from None
+        raise FetchError(
+            f"body is {kind} (Pillow cannot identify it); the URL must point at the image "
+            "file itself, not a web page about it",
+            retryable=False,
+        ) from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise FetchError(f"image too large to decode safely ({exc})", retryable=False) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise FetchError(f"image is corrupt or truncated ({exc}); re-export or re-upload it",
-                         retryable=False) from None
+        raise FetchError(
+            f"image is corrupt or truncated ({exc}); re-export or re-upload it", retryable=False
+        ) from None
     image_format = FORMAT_ALIASES.get(image_format.upper(), image_format.upper())
     if image_format not in FORMAT_EXTENSIONS:
-        raise FetchError(f"image format {image_format or 'unknown'} is not supported; convert it to "
-                         "JPEG or PNG", retryable=False)
+        raise FetchError(
+            f"image format {image_format or 'unknown'} is not supported; convert it to JPEG or PNG",
+            retryable=False,
+        )
     return ImageInfo(format=image_format.lower(), width=width, height=height)
 
 
@@ -457,12 +512,12 @@ def request_target(url: str) -> tuple[str, str, int, str]:
     return scheme, parts.hostname, port or (443 if scheme == "https" else 80), target
 
 
-def _open_connection(scheme: str, host: str, port: int,
-                     options: FetchOptions) -> http.client.HTTPConnection:
+def _open_connection(scheme: str, host: str, port: int, options: FetchOptions) -> http.client.HTTPConnection:
     """Connect (TCP + TLS) under the connect timeout, then switch the socket to the read timeout."""
     if scheme == "https":
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-            host, port, timeout=options.connect_timeout, context=ssl.create_default_context())
+            host, port, timeout=options.connect_timeout, context=ssl.create_default_context()
+        )
     else:
         conn = http.client.HTTPConnection(host, port, timeout=options.connect_timeout)
     where = f"{host}:{port}"
@@ -470,16 +525,23 @@ def _open_connection(scheme: str, host: str, port: int,
         conn.connect()
     except ssl.SSLCertVerificationError as exc:
         conn.close()
-        raise FetchError(f"TLS certificate of {where} is not trusted ({exc.verify_message}); fix the "
-                         "server certificate or the URL", retryable=False) from None
-    except (TimeoutError, socket.timeout):
+        raise FetchError(
+            f"TLS certificate of {where} is not trusted ({exc.verify_message}); fix the "
+            "server certificate or the URL",
+            retryable=False,
+        ) from None
+    except TimeoutError:
         conn.close()
-        raise FetchError(f"connecting to {where} timed out after {options.connect_timeout:g} s; check the "
-                         "host or raise --timeout-connect", retryable=True) from None
+        raise FetchError(
+            f"connecting to {where} timed out after {options.connect_timeout:g} s; check the "
+            "host or raise --timeout-connect",
+            retryable=True,
+        ) from None
     except socket.gaierror as exc:
         conn.close()
-        raise FetchError(f"cannot resolve host {host!r} ({exc.strerror}); check the URL",
-                         retryable=True) from None
+        raise FetchError(
+            f"cannot resolve host {host!r} ({exc.strerror}); check the URL", retryable=True
+        ) from None
     except OSError as exc:
         conn.close()
         raise FetchError(f"cannot connect to {where} ({exc.strerror or exc})", retryable=True) from None
@@ -492,14 +554,20 @@ def _read_body(response: http.client.HTTPResponse, *, max_bytes: int) -> bytes:
     """Stream the body, stopping as soon as it passes `max_bytes` (Content-Length may be absent or lie)."""
     length = response.getheader("Content-Length")
     if length and length.strip().isdigit() and int(length) > max_bytes:
-        raise FetchError(f"Content-Length {int(length)} exceeds --max-bytes {max_bytes}; raise "
-                         "--max-bytes if the image is legitimately that large", retryable=False)
+        raise FetchError(
+            f"Content-Length {int(length)} exceeds --max-bytes {max_bytes}; raise "
+            "--max-bytes if the image is legitimately that large",
+            retryable=False,
+        )
     buffer = bytearray()
     while chunk := response.read(CHUNK_SIZE):
         buffer += chunk
         if len(buffer) > max_bytes:
-            raise FetchError(f"body exceeds --max-bytes {max_bytes}; raise --max-bytes if the image "
-                             "is legitimately that large", retryable=False)
+            raise FetchError(
+                f"body exceeds --max-bytes {max_bytes}; raise --max-bytes if the image "
+                "is legitimately that large",
+                retryable=False,
+            )
     return bytes(buffer)
 
 
@@ -514,8 +582,9 @@ def _status_error(status: int, reason: str) -> FetchError:
     text = f"HTTP {status} {reason}".rstrip()
     if status >= 500:
         return FetchError(f"{text} (server error); re-run later", retryable=True)
-    return FetchError(f"{text}; {hints.get(status, 'the server refused the request; check the URL')}",
-                      retryable=False)
+    return FetchError(
+        f"{text}; {hints.get(status, 'the server refused the request; check the URL')}", retryable=False
+    )
 
 
 def fetch_once(url: str, *, options: FetchOptions) -> tuple[bytes, str]:
@@ -528,40 +597,56 @@ def fetch_once(url: str, *, options: FetchOptions) -> tuple[bytes, str]:
         try:
             try:
                 conn.putrequest("GET", target, skip_accept_encoding=True)
-                for name, value in (("User-Agent", USER_AGENT), ("Accept", "image/*, */*;q=0.5"),
-                                    ("Accept-Encoding", "identity"), ("Connection", "close")):
+                for name, value in (
+                    ("User-Agent", USER_AGENT),
+                    ("Accept", "image/*, */*;q=0.5"),
+                    ("Accept-Encoding", "identity"),
+                    ("Connection", "close"),
+                ):
                     conn.putheader(name, value)
                 conn.endheaders()
                 response = conn.getresponse()
                 if response.status in REDIRECT_CODES:
                     location = response.getheader("Location")
                     if not location:
-                        raise FetchError(f"HTTP {response.status} redirect without a Location header; "
-                                         "fix the URL", retryable=False)
+                        raise FetchError(
+                            f"HTTP {response.status} redirect without a Location header; fix the URL",
+                            retryable=False,
+                        )
                     current = urljoin(current, location.strip())
                     if urlsplit(current).scheme.lower() not in ALLOWED_SCHEMES:
-                        raise FetchError(f"redirected to {redact_url(current)!r}, which is not http(s); "
-                                         "use a direct http(s) link to the image", retryable=False)
+                        raise FetchError(
+                            f"redirected to {redact_url(current)!r}, which is not http(s); "
+                            "use a direct http(s) link to the image",
+                            retryable=False,
+                        )
                     continue
                 if response.status != 200:
                     raise _status_error(response.status, response.reason)
                 return _read_body(response, max_bytes=options.max_bytes), current
-            except (TimeoutError, socket.timeout):
-                raise FetchError(f"no data from {host}:{port} for {options.read_timeout:g} s; the server "
-                                 "is slow or stalled: re-run later or raise --timeout-read",
-                                 retryable=True) from None
+            except TimeoutError:
+                raise FetchError(
+                    f"no data from {host}:{port} for {options.read_timeout:g} s; the server "
+                    "is slow or stalled: re-run later or raise --timeout-read",
+                    retryable=True,
+                ) from None
             except http.client.IncompleteRead as exc:
-                raise FetchError(f"connection closed after {len(exc.partial)} bytes of the body; "
-                                 "re-run later", retryable=True) from None
+                raise FetchError(
+                    f"connection closed after {len(exc.partial)} bytes of the body; re-run later",
+                    retryable=True,
+                ) from None
             except http.client.InvalidURL as exc:
                 raise FetchError(f"invalid URL ({exc}); fix the URL", retryable=False) from None
             except (http.client.HTTPException, OSError) as exc:
-                raise FetchError(f"connection to {host}:{port} failed ({type(exc).__name__}: {exc})",
-                                 retryable=True) from None
+                raise FetchError(
+                    f"connection to {host}:{port} failed ({type(exc).__name__}: {exc})", retryable=True
+                ) from None
         finally:
             conn.close()
-    raise FetchError(f"more than {options.max_redirects} redirects; use the final image URL or raise "
-                     "--max-redirects", retryable=False)
+    raise FetchError(
+        f"more than {options.max_redirects} redirects; use the final image URL or raise --max-redirects",
+        retryable=False,
+    )
 
 
 def backoff_delay(attempt: int, *, backoff: float) -> float:
@@ -569,8 +654,9 @@ def backoff_delay(attempt: int, *, backoff: float) -> float:
     return backoff * 2 ** (attempt - 1)
 
 
-def fetch_with_retries(url: str, *, options: FetchOptions,
-                       sleep: Callable[[float], None] = time.sleep) -> tuple[bytes, str, int]:
+def fetch_with_retries(
+    url: str, *, options: FetchOptions, sleep: Callable[[float], None] = time.sleep
+) -> tuple[bytes, str, int]:
     """(body, final URL, attempts); retries only retryable failures; raises the last FetchError.
 
     The returned/raised attempt count goes into the report so flaky servers are visible.
@@ -585,8 +671,14 @@ def fetch_with_retries(url: str, *, options: FetchOptions,
             if not exc.retryable or attempt == attempts:
                 raise
             delay = backoff_delay(attempt, backoff=options.backoff)
-            log.info("attempt %d/%d for %s failed (%s); retrying in %g s",
-                     attempt, attempts, redact_url(url), exc.reason, delay)
+            log.info(
+                "attempt %d/%d for %s failed (%s); retrying in %g s",
+                attempt,
+                attempts,
+                redact_url(url),
+                exc.reason,
+                delay,
+            )
             sleep(delay)
     raise AssertionError("unreachable")
 
@@ -613,8 +705,9 @@ def choose_name(state: _State, *, stem: str, ext: str, sha: str) -> tuple[str, b
             return name, False
         if path.is_file() and common.sha256_file(path) == sha:
             return name, True
-    raise FetchError(f"every candidate name for {stem}{ext} is taken by other files; "
-                     "clean up the folder", retryable=False)
+    raise FetchError(
+        f"every candidate name for {stem}{ext} is taken by other files; clean up the folder", retryable=False
+    )
 
 
 def find_existing(state: _State, entry: ManifestEntry) -> str | None:
@@ -677,14 +770,18 @@ def resumable(previous: dict[str, Any] | None, entry: ManifestEntry, out_dir: Pa
 # One URL
 
 
-def _failed(entry: ManifestEntry, shown_url: str, reason: str, *, attempts: int = 0,
-            **extra: Any) -> Outcome:
+def _failed(entry: ManifestEntry, shown_url: str, reason: str, *, attempts: int = 0, **extra: Any) -> Outcome:
     return Outcome(line=entry.line, url=shown_url, status="failed", attempts=attempts, reason=reason, **extra)
 
 
-def process_entry(entry: ManifestEntry, *, state: _State, options: FetchOptions,
-                  previous: dict[str, Any] | None,
-                  sleep: Callable[[float], None] = time.sleep) -> tuple[Outcome, bool]:
+def process_entry(
+    entry: ManifestEntry,
+    *,
+    state: _State,
+    options: FetchOptions,
+    previous: dict[str, Any] | None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[Outcome, bool]:
     """(report entry, True when the entry needed no request). Writes at most one file, atomically."""
     resumed = resume_without_request(entry, state=state, previous=previous)
     if resumed is not None:
@@ -692,8 +789,9 @@ def process_entry(entry: ManifestEntry, *, state: _State, options: FetchOptions,
     return fetch_and_place(entry, state=state, options=options, sleep=sleep), False
 
 
-def resume_without_request(entry: ManifestEntry, *, state: _State,
-                           previous: dict[str, Any] | None) -> Outcome | None:
+def resume_without_request(
+    entry: ManifestEntry, *, state: _State, previous: dict[str, Any] | None
+) -> Outcome | None:
     """The outcome when the bytes are already known to be in OUT, else None (a request is needed).
 
     Known means: a previous report's entry whose file still has its recorded sha256 (kept verbatim, so
@@ -702,15 +800,25 @@ def resume_without_request(entry: ManifestEntry, *, state: _State,
     shown_url = redact_url(entry.url)
     carried = outcome_from_json(previous) if resumable(previous, entry, state.out_dir) else None
     if carried is not None and carried.file and carried.sha256:
+        file, sha = carried.file, carried.sha256
         carried = replace(carried, line=entry.line, url=shown_url)
-        _claim(state, carried.file, carried.sha256, first_url=carried.duplicate_of or shown_url)
+        _claim(state, file, sha, first_url=carried.duplicate_of or shown_url)
         return carried
     if entry.sha256 is None:
         return None
     if entry.sha256 in state.by_sha:
         name, first_url = state.by_sha[entry.sha256]
-        return _duplicate(entry, shown_url, name, first_url, sha=entry.sha256, attempts=0,
-                          info=None, size=None, final_url=None)
+        return _duplicate(
+            entry,
+            shown_url,
+            name,
+            first_url,
+            sha=entry.sha256,
+            attempts=0,
+            info=None,
+            size=None,
+            final_url=None,
+        )
     existing = find_existing(state, entry)
     if existing is None:
         return None
@@ -720,12 +828,14 @@ def resume_without_request(entry: ManifestEntry, *, state: _State,
     except FetchError as exc:
         return _failed(entry, shown_url, f"existing file {existing}: {exc.reason}; delete it and re-run")
     _claim(state, existing, entry.sha256, first_url=shown_url)
-    return _placed(entry, shown_url, "skipped_existing", existing, entry.sha256, data, info,
-                   attempts=0, final_url=None)
+    return _placed(
+        entry, shown_url, "skipped_existing", existing, entry.sha256, data, info, attempts=0, final_url=None
+    )
 
 
-def fetch_and_place(entry: ManifestEntry, *, state: _State, options: FetchOptions,
-                    sleep: Callable[[float], None] = time.sleep) -> Outcome:
+def fetch_and_place(
+    entry: ManifestEntry, *, state: _State, options: FetchOptions, sleep: Callable[[float], None] = time.sleep
+) -> Outcome:
     """Fetch, check (checksum, image, dedupe), then write under a free safe name (atomic)."""
     shown_url = redact_url(entry.url)
     try:
@@ -737,17 +847,31 @@ def fetch_and_place(entry: ManifestEntry, *, state: _State, options: FetchOption
     sha = common.sha256_bytes(data)
     extra = {"sha256": sha, "bytes": len(data), "final_url": shown_final}
     if entry.sha256 is not None and sha != entry.sha256:
-        return _failed(entry, shown_url, f"sha256 mismatch: manifest says {entry.sha256}, got {sha}; "
-                       "the file changed on the server: fix the URL or the checksum",
-                       attempts=attempts, **extra)
+        return _failed(
+            entry,
+            shown_url,
+            f"sha256 mismatch: manifest says {entry.sha256}, got {sha}; "
+            "the file changed on the server: fix the URL or the checksum",
+            attempts=attempts,
+            **extra,
+        )
     try:
         info = inspect_image(data)
     except FetchError as exc:
         return _failed(entry, shown_url, exc.reason, attempts=attempts, **extra)
     if sha in state.by_sha:
         name, first_url = state.by_sha[sha]
-        return _duplicate(entry, shown_url, name, first_url, sha=sha, attempts=attempts, info=info,
-                          size=len(data), final_url=shown_final)
+        return _duplicate(
+            entry,
+            shown_url,
+            name,
+            first_url,
+            sha=sha,
+            attempts=attempts,
+            info=info,
+            size=len(data),
+            final_url=shown_final,
+        )
     try:
         name, on_disk = choose_name(state, stem=entry_stem(entry), ext=extension_for(info.format), sha=sha)
     except FetchError as exc:
@@ -756,24 +880,63 @@ def fetch_and_place(entry: ManifestEntry, *, state: _State, options: FetchOption
         common.write_bytes(state.out_dir / name, data)
     _claim(state, name, sha, first_url=shown_url)
     status = "skipped_existing" if on_disk else "downloaded"
-    return _placed(entry, shown_url, status, name, sha, data, info, attempts=attempts,
-                   final_url=shown_final)
+    return _placed(entry, shown_url, status, name, sha, data, info, attempts=attempts, final_url=shown_final)
 
 
-def _placed(entry: ManifestEntry, shown_url: str, status: str, name: str, sha: str, data: bytes,
-            info: ImageInfo, *, attempts: int, final_url: str | None) -> Outcome:
-    return Outcome(line=entry.line, url=shown_url, status=status, file=name, sha256=sha, bytes=len(data),
-                   format=info.format, width=info.width, height=info.height, attempts=attempts,
-                   final_url=final_url)
+def _placed(
+    entry: ManifestEntry,
+    shown_url: str,
+    status: str,
+    name: str,
+    sha: str,
+    data: bytes,
+    info: ImageInfo,
+    *,
+    attempts: int,
+    final_url: str | None,
+) -> Outcome:
+    return Outcome(
+        line=entry.line,
+        url=shown_url,
+        status=status,
+        file=name,
+        sha256=sha,
+        bytes=len(data),
+        format=info.format,
+        width=info.width,
+        height=info.height,
+        attempts=attempts,
+        final_url=final_url,
+    )
 
 
-def _duplicate(entry: ManifestEntry, shown_url: str, name: str, first_url: str, *, sha: str,
-               attempts: int, info: ImageInfo | None, size: int | None,
-               final_url: str | None) -> Outcome:
-    return Outcome(line=entry.line, url=shown_url, status="duplicate", file=name, sha256=sha, bytes=size,
-                   format=info.format if info else None, width=info.width if info else None,
-                   height=info.height if info else None, attempts=attempts, final_url=final_url,
-                   duplicate_of=first_url, reason=f"same bytes as {first_url}; kept one file ({name})")
+def _duplicate(
+    entry: ManifestEntry,
+    shown_url: str,
+    name: str,
+    first_url: str,
+    *,
+    sha: str,
+    attempts: int,
+    info: ImageInfo | None,
+    size: int | None,
+    final_url: str | None,
+) -> Outcome:
+    return Outcome(
+        line=entry.line,
+        url=shown_url,
+        status="duplicate",
+        file=name,
+        sha256=sha,
+        bytes=size,
+        format=info.format if info else None,
+        width=info.width if info else None,
+        height=info.height if info else None,
+        attempts=attempts,
+        final_url=final_url,
+        duplicate_of=first_url,
+        reason=f"same bytes as {first_url}; kept one file ({name})",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -797,8 +960,14 @@ def build_report(outcomes: Sequence[Outcome], *, manifest: Path) -> dict[str, An
     }
 
 
-def download(*, manifest: Path, out_dir: Path, options: FetchOptions, fail_on_error: bool = False,
-             sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+def download(
+    *,
+    manifest: Path,
+    out_dir: Path,
+    options: FetchOptions,
+    fail_on_error: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
     """Fetch every manifest URL into `out_dir`, write the report, return the JSON-line dict."""
     manifest = Path(manifest).resolve()
     out_dir = Path(out_dir).resolve()
@@ -808,8 +977,9 @@ def download(*, manifest: Path, out_dir: Path, options: FetchOptions, fail_on_er
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{out_dir}: cannot create the --out folder ({exc.strerror}); check the path "
-                        "and its permissions") from exc
+        raise UserError(
+            f"{out_dir}: cannot create the --out folder ({exc.strerror}); check the path and its permissions"
+        ) from exc
     log.info("%s: %d URL(s) -> %s", manifest, len(entries), out_dir)
     previous = load_previous_report(out_dir)
     state = _State(out_dir=out_dir)
@@ -822,27 +992,49 @@ def download(*, manifest: Path, out_dir: Path, options: FetchOptions, fail_on_er
             no_request = True
         else:
             seen_urls[entry.url] = len(outcomes)
-            outcome, no_request = process_entry(entry, state=state, options=options,
-                                                previous=previous.get(redact_url(entry.url)), sleep=sleep)
+            outcome, no_request = process_entry(
+                entry, state=state, options=options, previous=previous.get(redact_url(entry.url)), sleep=sleep
+            )
         fetched_now += int(outcome.status == "downloaded" and not no_request)
         outcomes.append(outcome)
         _log_outcome(outcome, position=position, total=len(entries), resumed=no_request)
     report = build_report(outcomes, manifest=manifest)
     report_path = common.write_json(out_dir / REPORT_NAME, report)
     log.info("%s: %s", report_path, ", ".join(f"{k} {v}" for k, v in report["summary"].items()))
-    return _finish(outcomes, manifest=manifest, out_dir=out_dir, report_path=report_path,
-                   fetched_now=fetched_now, fail_on_error=fail_on_error)
+    return _finish(
+        outcomes,
+        manifest=manifest,
+        out_dir=out_dir,
+        report_path=report_path,
+        fetched_now=fetched_now,
+        fail_on_error=fail_on_error,
+    )
 
 
 def _repeat_of(entry: ManifestEntry, first: Outcome) -> Outcome:
     """A URL listed twice: no second request; it shares the first entry's fate."""
     if first.status == "failed":
-        return replace(first, line=entry.line, attempts=0,
-                       reason=f"same URL as line {first.line}, which failed: {first.reason}")
-    return Outcome(line=entry.line, url=first.url, status="duplicate", file=first.file, sha256=first.sha256,
-                   bytes=first.bytes, format=first.format, width=first.width, height=first.height,
-                   attempts=0, final_url=first.final_url, duplicate_of=first.url,
-                   reason=f"same URL as line {first.line}; remove one of them")
+        return replace(
+            first,
+            line=entry.line,
+            attempts=0,
+            reason=f"same URL as line {first.line}, which failed: {first.reason}",
+        )
+    return Outcome(
+        line=entry.line,
+        url=first.url,
+        status="duplicate",
+        file=first.file,
+        sha256=first.sha256,
+        bytes=first.bytes,
+        format=first.format,
+        width=first.width,
+        height=first.height,
+        attempts=0,
+        final_url=first.final_url,
+        duplicate_of=first.url,
+        reason=f"same URL as line {first.line}; remove one of them",
+    )
 
 
 def _log_outcome(outcome: Outcome, *, position: int, total: int, resumed: bool) -> None:
@@ -856,15 +1048,24 @@ def _log_outcome(outcome: Outcome, *, position: int, total: int, resumed: bool) 
         log.info("%s %s -> %s (%s bytes)", prefix, how, outcome.file, outcome.bytes)
 
 
-def _finish(outcomes: Sequence[Outcome], *, manifest: Path, out_dir: Path, report_path: Path,
-            fetched_now: int, fail_on_error: bool) -> dict[str, Any]:
+def _finish(
+    outcomes: Sequence[Outcome],
+    *,
+    manifest: Path,
+    out_dir: Path,
+    report_path: Path,
+    fetched_now: int,
+    fail_on_error: bool,
+) -> dict[str, Any]:
     """Apply the exit policy and build the JSON line (after the report is on disk, for debugging)."""
     failed = [o for o in outcomes if o.status == "failed"]
     if failed and (len(failed) == len(outcomes) or fail_on_error):
         first = failed[0]
         scope = "all" if len(failed) == len(outcomes) else f"{len(failed)} of"
-        raise UserError(f"{manifest}: {scope} {len(outcomes)} URL(s) failed (line {first.line}: "
-                        f"{first.reason}); see {report_path}")
+        raise UserError(
+            f"{manifest}: {scope} {len(outcomes)} URL(s) failed (line {first.line}: "
+            f"{first.reason}); see {report_path}"
+        )
     # every file the manifest's URLs now map to, once each, in manifest order
     files = list(dict.fromkeys(str(out_dir / o.file) for o in outcomes if o.status != "failed" and o.file))
     placed = sum(o.status in ("downloaded", "skipped_existing") for o in outcomes)

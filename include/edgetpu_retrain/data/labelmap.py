@@ -102,17 +102,25 @@ def parse_label_map(text: str, *, source: str = "<label map>") -> list[LabelItem
         nonlocal i
         if i >= len(tokens):
             last_line = tokens[-1][2] if tokens else 1
-            raise UserError(f"{source}:{last_line}: file ends early, expected {what}; close every item {{ ... }} block")
+            raise UserError(
+                f"{source}:{last_line}: file ends early, expected {what}; close every item {{ ... }} block"
+            )
         tok = tokens[i]
         if tok[0] != kind or (value is not None and tok[1] != value):
-            raise UserError(f"{source}:{tok[2]}: expected {what}, found {tok[1]!r}; fix the syntax: item {{ id: 1 name: 'cat' }}")
+            raise UserError(
+                f"{source}:{tok[2]}: expected {what}, found {tok[1]!r}; fix the syntax: item "
+                f"{{ id: 1 name: 'cat' }}"
+            )
         i += 1
         return tok
 
     while i < len(tokens):
         kind, value, line = tokens[i]
         if kind != "ident" or value != "item":
-            raise UserError(f"{source}:{line}: expected 'item', found {value!r}; a label map is a list of item {{ ... }} blocks")
+            raise UserError(
+                f"{source}:{line}: expected 'item', found {value!r}; a label map is a list of item {{ ... }} "
+                "blocks"
+            )
         i += 1
         if i < len(tokens) and tokens[i][1] == ":":
             i += 1
@@ -121,7 +129,10 @@ def parse_label_map(text: str, *, source: str = "<label map>") -> list[LabelItem
         while i < len(tokens) and tokens[i][1] != "}":
             _, field, fline = expect("ident", None, "a field name (id, name, display_name)")
             if field not in FIELDS:
-                raise UserError(f"{source}:{fline}: unsupported field {field!r}; this tool reads only id, name and display_name")
+                raise UserError(
+                    f"{source}:{fline}: unsupported field {field!r}; this tool reads only id, name and "
+                    "display_name"
+                )
             if field in fields:
                 raise UserError(f"{source}:{fline}: field {field!r} given twice in one item; keep one")
             expect("punct", ":", f"':' after {field!r}")
@@ -131,11 +142,16 @@ def parse_label_map(text: str, *, source: str = "<label map>") -> list[LabelItem
             i += 1
             if field == "id":
                 if vkind != "number" or not re.fullmatch(r"[-+]?\d+", vtext):
-                    raise UserError(f"{source}:{vline}: id must be an integer, found {vtext!r}; use id: 1, 2, 3 ...")
+                    raise UserError(
+                        f"{source}:{vline}: id must be an integer, found {vtext!r}; use id: 1, 2, 3 ..."
+                    )
                 fields["id"] = int(vtext)
             else:
                 if vkind != "string":
-                    raise UserError(f"{source}:{vline}: {field} must be a quoted string, found {vtext!r}; write {field}: '{vtext}'")
+                    raise UserError(
+                        f"{source}:{vline}: {field} must be a quoted string, found {vtext!r}; write {field}: "
+                        f"'{vtext}'"
+                    )
                 fields[field] = _unquote(vtext)
             if i < len(tokens) and tokens[i][1] in (",", ";"):
                 i += 1
@@ -145,9 +161,11 @@ def parse_label_map(text: str, *, source: str = "<label map>") -> list[LabelItem
             raise UserError(f"{source}:{line}: item has no {missing}; every item needs id: N and name: '...'")
         name = str(fields["name"])
         if not name.strip() or name != name.strip():
-            raise UserError(f"{source}:{line}: name {name!r} is empty or has leading/trailing spaces; fix the name")
+            raise UserError(
+                f"{source}:{line}: name {name!r} is empty or has leading/trailing spaces; fix the name"
+            )
         display = fields.get("display_name")
-        items.append((LabelItem(int(fields["id"]), name, None if display is None else str(display)), line))  # type: ignore[arg-type]
+        items.append((LabelItem(int(fields["id"]), name, None if display is None else str(display)), line))  # type: ignore[call-overload]
     _check_items([it for it, _ in items], source, {id(it): ln for it, ln in items})
     return sorted((it for it, _ in items), key=lambda it: it.id)
 
@@ -159,14 +177,22 @@ def _check_items(items: list[LabelItem], source: str, lines: dict[int, int] | No
         return f"{source}:{lines[id(item)]}" if id(item) in lines else source
 
     if not items:
-        raise UserError(f"{source}: label map has no items; add item {{ id: 1 name: '...' }} blocks or generate one")
+        raise UserError(
+            f"{source}: label map has no items; add item {{ id: 1 name: '...' }} blocks or generate one"
+        )
     seen_ids: dict[int, LabelItem] = {}
     seen_names: dict[str, LabelItem] = {}
     for item in items:
         if item.id <= 0:
-            raise UserError(f"{where(item)}: id {item.id} for {item.name!r} must be >= 1 (0 is the background class); number classes 1..N")
+            raise UserError(
+                f"{where(item)}: id {item.id} for {item.name!r} must be >= 1 (0 is the background class); "
+                "number classes 1..N"
+            )
         if item.id in seen_ids:
-            raise UserError(f"{where(item)}: id {item.id} used twice ({seen_ids[item.id].name!r} and {item.name!r}); give each class its own id")
+            raise UserError(
+                f"{where(item)}: id {item.id} used twice ({seen_ids[item.id].name!r} and {item.name!r}); "
+                "give each class its own id"
+            )
         if item.name in seen_names:
             raise UserError(f"{where(item)}: name {item.name!r} listed twice; keep one item per class")
         seen_ids[item.id] = item
@@ -175,14 +201,18 @@ def _check_items(items: list[LabelItem], source: str, lines: dict[int, int] | No
     if set(seen_ids) != expected:
         missing = sorted(expected - set(seen_ids))
         raise UserError(
-            f"{source}: ids must be 1..{len(items)} without gaps (missing {missing}, have {sorted(seen_ids)}); renumber the items"
+            f"{source}: ids must be 1..{len(items)} without gaps (missing {missing}, have "
+            f"{sorted(seen_ids)}); renumber the items"
         )
 
 
 def read_label_map(path: str | os.PathLike[str]) -> list[LabelItem]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path}: label map not found; check the path or generate one with `edgetpu-retrain labelmap generate`")
+        raise UserError(
+            f"{path}: label map not found; check the path or generate one with `edgetpu-retrain labelmap "
+            "generate`"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -224,7 +254,9 @@ def new_names(existing: Iterable[LabelItem], found: Iterable[str]) -> list[str]:
     return sorted(set(found) - known)
 
 
-def merge(existing: Iterable[LabelItem], found: Iterable[str], *, append: bool, source: str = "label map") -> list[LabelItem]:
+def merge(
+    existing: Iterable[LabelItem], found: Iterable[str], *, append: bool, source: str = "label map"
+) -> list[LabelItem]:
     """Existing items unchanged; new names fail (listing them) unless `append` (ids max+1.., sorted)."""
     existing = sorted(existing, key=lambda it: it.id)
     added = new_names(existing, found)
@@ -233,7 +265,8 @@ def merge(existing: Iterable[LabelItem], found: Iterable[str], *, append: bool, 
     if not append:
         raise UserError(
             f"{source}: the annotations use {len(added)} class(es) not in the label map: "
-            f"{', '.join(repr(n) for n in added)}; add them with --append-labels (ids after the existing ones) "
+            f"{', '.join(repr(n) for n in added)}; add them with --append-labels (ids after the existing "
+            "ones) "
             "or fix the class names in the XML files"
         )
     start = max((it.id for it in existing), default=0) + 1
@@ -268,9 +301,10 @@ def to_json(items: Iterable[LabelItem]) -> list[dict[str, object]]:
 
 # ------------------------------------------------------------------------------------------- verb
 def _scan_class_names(dirs: list[str]) -> Counter[str]:
-    """Boxes per class name in every *.xml in `dirs` (parsed safely; unreadable XMLs are logged, not fatal)."""
-    from edgetpu_retrain.data import annotations
+    """Boxes per class name in every *.xml in `dirs` (parsed safely; unreadable XMLs are logged, not
+    fatal)."""
     from edgetpu_retrain.common import require_dir
+    from edgetpu_retrain.data import annotations
 
     names: Counter[str] = Counter()
     for d in dirs:
@@ -294,12 +328,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     show = sub.add_parser("show", help="parse a label map and print its classes")
     show.add_argument("file", help="label map .pbtxt")
-    gen = sub.add_parser("generate", help="label map from the class names in VOC XML files (sorted, ids from 1)")
-    gen.add_argument("--annotations", action="append", required=True, metavar="DIR", help="folder of VOC XML (repeatable)")
+    gen = sub.add_parser(
+        "generate", help="label map from the class names in VOC XML files (sorted, ids from 1)"
+    )
+    gen.add_argument(
+        "--annotations", action="append", required=True, metavar="DIR", help="folder of VOC XML (repeatable)"
+    )
     gen.add_argument("--out", required=True, metavar="FILE", help="label map to write")
-    app = sub.add_parser("append", help="add classes found in the XMLs but missing from FILE (ids max+1.., sorted)")
-    app.add_argument("--label-map", required=True, metavar="FILE", help="existing label map (not modified unless --out is the same path)")
-    app.add_argument("--annotations", action="append", required=True, metavar="DIR", help="folder of VOC XML (repeatable)")
+    app = sub.add_parser(
+        "append", help="add classes found in the XMLs but missing from FILE (ids max+1.., sorted)"
+    )
+    app.add_argument(
+        "--label-map",
+        required=True,
+        metavar="FILE",
+        help="existing label map (not modified unless --out is the same path)",
+    )
+    app.add_argument(
+        "--annotations", action="append", required=True, metavar="DIR", help="folder of VOC XML (repeatable)"
+    )
     app.add_argument("--out", required=True, metavar="FILE", help="label map to write")
     chk = sub.add_parser("check", help="fail (exit 2) if the XMLs name classes missing from the label map")
     chk.add_argument("--label-map", required=True, metavar="FILE")
@@ -313,7 +360,9 @@ def _found_names(dirs: list[str], existing: Iterable[LabelItem] = ()) -> tuple[l
         counts[item.name] += 1 << 40
     names, variants = canonical_names(counts)
     for v in variants:
-        log.warning("class %r differs from another class only in case/spacing: treated as a misspelling, not added", v)
+        log.warning(
+            "class %r differs from another class only in case/spacing: treated as a misspelling, not added", v
+        )
     return names, variants
 
 

@@ -70,7 +70,9 @@ def _np_tables() -> tuple[Any, list[list[int]]]:
         table = np.array(_TABLE, dtype=np.uint32)
         # Images of the 4*256 single-byte states under _LANE zero bytes; the map is linear over GF(2),
         # so zeros(state) = Z0[b0] ^ Z1[b1] ^ Z2[b2] ^ Z3[b3].
-        states = (np.arange(256, dtype=np.uint32)[None, :] << (8 * np.arange(4, dtype=np.uint32))[:, None]).ravel()
+        states = (
+            np.arange(256, dtype=np.uint32)[None, :] << (8 * np.arange(4, dtype=np.uint32))[:, None]
+        ).ravel()
         for _ in range(_LANE):
             states = table[states & 0xFF] ^ (states >> 8)
         _np_cache["table"] = table
@@ -99,7 +101,7 @@ def crc32c_many(buffers: Sequence[bytes]) -> list[int]:
         total_rows = sum(rows_per)
         matrix = np.zeros(total_rows * _LANE, dtype=np.uint8)
         row = 0
-        for i, rows in zip(big, rows_per):
+        for i, rows in zip(big, rows_per, strict=False):
             buf = buffers[i]
             end = (row + rows) * _LANE
             start = end - len(buf)
@@ -114,7 +116,7 @@ def crc32c_many(buffers: Sequence[bytes]) -> list[int]:
         del columns
         lane_crcs = state.tolist()
         row = 0
-        for i, rows in zip(big, rows_per):
+        for i, rows in zip(big, rows_per, strict=False):
             acc = 0
             for value in lane_crcs[row : row + rows]:
                 acc = z0[acc & 0xFF] ^ z1[(acc >> 8) & 0xFF] ^ z2[(acc >> 16) & 0xFF] ^ z3[acc >> 24] ^ value
@@ -158,7 +160,7 @@ class TFRecordWriter:
             return
         crcs = crc32c_many(self._pending)
         out = self._file
-        for record, crc in zip(self._pending, crcs):
+        for record, crc in zip(self._pending, crcs, strict=False):
             header = struct.pack("<Q", len(record))
             out.write(header)
             out.write(struct.pack("<I", masked_crc32c(_crc32c_py(header))))
@@ -173,7 +175,7 @@ class TFRecordWriter:
             self.flush()
             self._file.close()
 
-    def __enter__(self) -> "TFRecordWriter":
+    def __enter__(self) -> TFRecordWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -194,7 +196,9 @@ def iter_records(path: str | Path, *, verify: bool = True) -> Iterator[bytes]:
 
     def checked() -> Iterator[bytes]:
         if verify:
-            for (index, data, expected), crc in zip(batch, crc32c_many([d for _, d, _ in batch])):
+            for (index, _data, expected), crc in zip(
+                batch, crc32c_many([d for _, d, _ in batch]), strict=False
+            ):
                 if masked_crc32c(crc) != expected:
                     raise TFRecordError(f"{path}: record {index}: data CRC mismatch")
         for _, data, _ in batch:
@@ -362,6 +366,7 @@ def _fields(data: bytes) -> Iterator[tuple[int, int, Any]]:
     while pos < len(data):
         key, pos = _read_varint(data, pos)
         number, wire = key >> 3, key & 7
+        value: int | bytes
         if wire == 0:
             value, pos = _read_varint(data, pos)
         elif wire == 1:
@@ -464,9 +469,17 @@ def parse_example(serialized: Any, *, decode_image: bool = False) -> dict:
     import tensorflow as tf
 
     parsed = tf.io.parse_single_example(serialized, feature_spec())
-    out = {key: tf.sparse.to_dense(value) if isinstance(value, tf.SparseTensor) else value for key, value in parsed.items()}
+    out = {
+        key: tf.sparse.to_dense(value) if isinstance(value, tf.SparseTensor) else value
+        for key, value in parsed.items()
+    }
     out["boxes"] = tf.stack(
-        [out["image/object/bbox/ymin"], out["image/object/bbox/xmin"], out["image/object/bbox/ymax"], out["image/object/bbox/xmax"]],
+        [
+            out["image/object/bbox/ymin"],
+            out["image/object/bbox/xmin"],
+            out["image/object/bbox/ymax"],
+            out["image/object/bbox/xmax"],
+        ],
         axis=-1,
     )
     out["labels"] = out["image/object/class/label"]

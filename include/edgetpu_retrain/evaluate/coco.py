@@ -38,12 +38,20 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset snapshot folder (manifest.json)")
     parser.add_argument("--split", default="test", help="split to evaluate (default test)")
-    parser.add_argument("--model", required=True, action="append",
-                        help="SavedModel folder or .tflite file; give it twice to compare two models")
+    parser.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help="SavedModel folder or .tflite file; give it twice to compare two models",
+    )
     parser.add_argument("--compare", help="second model (e.g. the float one) to evaluate and compare")
     parser.add_argument("--out", required=True, help="JSON file to write")
-    parser.add_argument("--score-threshold", type=float, default=0.0,
-                        help="drop detections below this score before COCOeval (default 0.0: keep all)")
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.0,
+        help="drop detections below this score before COCOeval (default 0.0: keep all)",
+    )
     parser.add_argument("--num-threads", type=int, default=None, help="TFLite interpreter threads")
 
 
@@ -54,7 +62,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not 0.0 <= args.score_threshold <= 1.0:
         raise common.UserError(f"--score-threshold {args.score_threshold}: must be in [0, 1]")
     dataset = common.require_dir(args.dataset, what="dataset snapshot")
-    result = evaluate(dataset, args.split, models, score_threshold=args.score_threshold, num_threads=args.num_threads)
+    result = evaluate(
+        dataset, args.split, models, score_threshold=args.score_threshold, num_threads=args.num_threads
+    )
     out = Path(args.out).resolve()
     result["out"] = str(out)
     common.write_json(out, result)
@@ -71,26 +81,37 @@ def load_split(dataset_dir: str | Path, split: str) -> tuple[list[dict[str, Any]
     shards = split_shards(dataset_dir, split)
     manifest_path = Path(dataset_dir) / "manifest.json"
     if not shards:
-        raise common.UserError(f"{manifest_path}: the '{split}' split is empty; nothing to evaluate "
-                               "(choose another --split or rebuild the dataset with a non-zero ratio)")
+        raise common.UserError(
+            f"{manifest_path}: the '{split}' split is empty; nothing to evaluate "
+            "(choose another --split or rebuild the dataset with a non-zero ratio)"
+        )
     try:
         classes = sorted((int(c["id"]), str(c["name"])) for c in common.read_json(manifest_path)["classes"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise common.UserError(f"{manifest_path}: missing or malformed 'classes' ({exc!r}); rebuild the dataset "
-                               "with `edgetpu-retrain build-dataset`") from exc
+        raise common.UserError(
+            f"{manifest_path}: missing or malformed 'classes' ({exc!r}); rebuild the dataset "
+            "with `edgetpu-retrain build-dataset`"
+        ) from exc
     examples = []
     for path in shards:
         for ex in tfrecord.read_examples([path]):
-            boxes = np.stack([np.asarray(ex.get(f"image/object/bbox/{k}", []), np.float32)
-                              for k in ("ymin", "xmin", "ymax", "xmax")], axis=-1).reshape(-1, 4)
-            examples.append({
-                "filename": (ex.get("image/filename") or [b""])[0].decode("utf-8"),
-                "width": int((ex.get("image/width") or [0])[0]),
-                "height": int((ex.get("image/height") or [0])[0]),
-                "encoded": ex["image/encoded"][0],
-                "boxes": boxes,
-                "labels": np.asarray(ex.get("image/object/class/label", []), np.int64),
-            })
+            boxes = np.stack(
+                [
+                    np.asarray(ex.get(f"image/object/bbox/{k}", []), np.float32)
+                    for k in ("ymin", "xmin", "ymax", "xmax")
+                ],
+                axis=-1,
+            ).reshape(-1, 4)
+            examples.append(
+                {
+                    "filename": (ex.get("image/filename") or [b""])[0].decode("utf-8"),
+                    "width": int((ex.get("image/width") or [0])[0]),
+                    "height": int((ex.get("image/height") or [0])[0]),
+                    "encoded": ex["image/encoded"][0],
+                    "boxes": boxes,
+                    "labels": np.asarray(ex.get("image/object/class/label", []), np.int64),
+                }
+            )
     return examples, classes
 
 
@@ -109,24 +130,54 @@ def coco_eval(
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    images, annotations, results = [], [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     for image_id, (gt, det) in enumerate(zip(ground_truth, detections, strict=True), start=1):
         w, h = float(gt["width"]), float(gt["height"])
         images.append({"id": image_id, "width": int(w), "height": int(h)})
-        for box, label in zip(np.asarray(gt["boxes"]).reshape(-1, 4), np.asarray(gt["labels"]).reshape(-1)):
+        for box, label in zip(
+            np.asarray(gt["boxes"]).reshape(-1, 4), np.asarray(gt["labels"]).reshape(-1), strict=False
+        ):
             x, y, bw, bh = _xywh(box, w, h)
-            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(label),
-                                "bbox": [x, y, bw, bh], "area": bw * bh, "iscrowd": 0})
-        for box, cls, score in zip(np.asarray(det["boxes"]).reshape(-1, 4), np.asarray(det["classes"]).reshape(-1),
-                                   np.asarray(det["scores"]).reshape(-1)):
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": int(label),
+                    "bbox": [x, y, bw, bh],
+                    "area": bw * bh,
+                    "iscrowd": 0,
+                }
+            )
+        for box, cls, score in zip(
+            np.asarray(det["boxes"]).reshape(-1, 4),
+            np.asarray(det["classes"]).reshape(-1),
+            np.asarray(det["scores"]).reshape(-1),
+            strict=False,
+        ):
             x, y, bw, bh = _xywh(np.clip(box, 0.0, 1.0), w, h)
-            results.append({"image_id": image_id, "category_id": int(cls) + 1, "bbox": [x, y, bw, bh],
-                            "score": float(score)})
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(cls) + 1,
+                    "bbox": [x, y, bw, bh],
+                    "score": float(score),
+                }
+            )
     objects = {cid: 0 for cid, _ in classes}
     for ann in annotations:
         objects[ann["category_id"]] = objects.get(ann["category_id"], 0) + 1
-    per_class: dict[str, Any] = {name: {"ap": None, "ap50": None, "objects": objects.get(cid, 0)} for cid, name in classes}
-    out = {"map": 0.0, "map50": 0.0, "per_class": per_class, "objects": len(annotations), "detections": len(results)}
+    per_class: dict[str, Any] = {
+        name: {"ap": None, "ap50": None, "objects": objects.get(cid, 0)} for cid, name in classes
+    }
+    out = {
+        "map": 0.0,
+        "map50": 0.0,
+        "per_class": per_class,
+        "objects": len(annotations),
+        "detections": len(results),
+    }
     if not annotations:
         return out
     known = {cid for cid, _ in classes}
@@ -135,8 +186,11 @@ def coco_eval(
         return out
     with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints; stdout is for the JSON line
         gt_api = COCO()
-        gt_api.dataset = {"images": images, "annotations": annotations,
-                          "categories": [{"id": cid, "name": name} for cid, name in classes]}
+        gt_api.dataset = {
+            "images": images,
+            "annotations": annotations,
+            "categories": [{"id": cid, "name": name} for cid, name in classes],
+        }
         gt_api.createIndex()
         dt_api = gt_api.loadRes(results)
         ev = COCOeval(gt_api, dt_api, iouType="bbox")
@@ -168,8 +222,13 @@ def _round(value: float) -> float:
 
 
 # ------------------------------------------------------------------------------------- evaluate
-def run_model(path: str | Path, examples: list[dict[str, Any]], *, score_threshold: float = 0.0,
-              num_threads: int | None = None) -> tuple[Any, list[dict[str, Any]], float]:
+def run_model(
+    path: str | Path,
+    examples: list[dict[str, Any]],
+    *,
+    score_threshold: float = 0.0,
+    num_threads: int | None = None,
+) -> tuple[Any, list[dict[str, Any]], float]:
     """(detector, per-image detections, mean latency ms) over the examples."""
     from edgetpu_retrain.evaluate.runtime import decode_image, open_detector, resize_to_input
 
@@ -181,21 +240,38 @@ def run_model(path: str | Path, examples: list[dict[str, Any]], *, score_thresho
             det.detect(image)  # warm-up (tracing / delegate set-up) is not latency
         found, ms = det.timed_detect(image)
         keep = found.scores >= score_threshold
-        outputs.append({"boxes": found.boxes[keep], "classes": found.classes[keep], "scores": found.scores[keep]})
+        outputs.append(
+            {"boxes": found.boxes[keep], "classes": found.classes[keep], "scores": found.scores[keep]}
+        )
         times.append(ms)
     return det, outputs, float(np.mean(times)) if times else 0.0
 
 
-def evaluate_model(path: str | Path, examples: list[dict[str, Any]], classes: list[tuple[int, str]], *,
-                   score_threshold: float = 0.0, num_threads: int | None = None) -> dict[str, Any]:
-    det, outputs, latency = run_model(path, examples, score_threshold=score_threshold, num_threads=num_threads)
+def evaluate_model(
+    path: str | Path,
+    examples: list[dict[str, Any]],
+    classes: list[tuple[int, str]],
+    *,
+    score_threshold: float = 0.0,
+    num_threads: int | None = None,
+) -> dict[str, Any]:
+    det, outputs, latency = run_model(
+        path, examples, score_threshold=score_threshold, num_threads=num_threads
+    )
     metrics = coco_eval(examples, outputs, classes)
     info = det.describe()
-    log.info("%s: mAP %.4f, mAP50 %.4f on %d images, %.1f ms/image", det.path, metrics["map"], metrics["map50"],
-             len(examples), latency)
+    log.info(
+        "%s: mAP %.4f, mAP50 %.4f on %d images, %.1f ms/image",
+        det.path,
+        metrics["map"],
+        metrics["map50"],
+        len(examples),
+        latency,
+    )
     return {
         "model": str(det.path),
-        "model_kind": info["kind"] + ("_int8" if det.quantized else ("_float" if info["kind"] == "tflite" else "")),
+        "model_kind": info["kind"]
+        + ("_int8" if det.quantized else ("_float" if info["kind"] == "tflite" else "")),
         "input_size": list(det.input_size),
         **metrics,
         "images": len(examples),
@@ -203,14 +279,26 @@ def evaluate_model(path: str | Path, examples: list[dict[str, Any]], classes: li
     }
 
 
-def evaluate(dataset_dir: str | Path, split: str, models: list[str | Path], *, score_threshold: float = 0.0,
-             num_threads: int | None = None) -> dict[str, Any]:
+def evaluate(
+    dataset_dir: str | Path,
+    split: str,
+    models: list[str | Path],
+    *,
+    score_threshold: float = 0.0,
+    num_threads: int | None = None,
+) -> dict[str, Any]:
     examples, classes = load_split(dataset_dir, split)
     log.info("evaluating %d %s images", len(examples), split)
-    results = [evaluate_model(m, examples, classes, score_threshold=score_threshold, num_threads=num_threads)
-               for m in models]
-    out = {**results[0], "dataset": str(Path(dataset_dir).resolve()), "split": split,
-           "score_threshold": score_threshold}
+    results = [
+        evaluate_model(m, examples, classes, score_threshold=score_threshold, num_threads=num_threads)
+        for m in models
+    ]
+    out = {
+        **results[0],
+        "dataset": str(Path(dataset_dir).resolve()),
+        "split": split,
+        "score_threshold": score_threshold,
+    }
     if len(results) == 2:
         first, second = results
         out["compare"] = second

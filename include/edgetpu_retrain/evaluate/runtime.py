@@ -45,7 +45,7 @@ class Detections:
         return int(self.scores.shape[0])
 
     @classmethod
-    def from_outputs(cls, boxes: Any, classes: Any, scores: Any, count: Any) -> "Detections":
+    def from_outputs(cls, boxes: Any, classes: Any, scores: Any, count: Any) -> Detections:
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         classes = np.asarray(classes, np.float32).reshape(-1)
         scores = np.asarray(scores, np.float32).reshape(-1)
@@ -84,8 +84,13 @@ class Detector:
         raise NotImplementedError
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": str(self.path), "input_size": list(self.input_size),
-                "input_dtype": self.input_dtype, "quantized": self.quantized}
+        return {
+            "kind": self.kind,
+            "path": str(self.path),
+            "input_size": list(self.input_size),
+            "input_dtype": self.input_dtype,
+            "quantized": self.quantized,
+        }
 
 
 class SavedModelDetector(Detector):
@@ -96,18 +101,22 @@ class SavedModelDetector(Detector):
 
         loaded = tf.saved_model.load(str(path))
         if signature not in loaded.signatures:
-            raise UserError(f"{path}: SavedModel has no '{signature}' signature (has {sorted(loaded.signatures)}); "
-                            "re-export it with `edgetpu-retrain export`")
+            raise UserError(
+                f"{path}: SavedModel has no '{signature}' signature (has {sorted(loaded.signatures)}); "
+                "re-export it with `edgetpu-retrain export`"
+            )
         fn = loaded.signatures[signature]
         inputs = fn.structured_input_signature[1]
         if len(inputs) != 1:
             raise UserError(f"{path}: '{signature}' takes {len(inputs)} inputs, expected one image input")
-        (self._input_name, spec), = inputs.items()
+        ((self._input_name, spec),) = inputs.items()
         shape = spec.shape.as_list()
         missing = [n for n in CONTRACT_NAMES if n not in fn.structured_outputs]
         if len(shape) != 4 or shape[1] is None or shape[2] is None or missing:
-            raise UserError(f"{path}: '{signature}' is not a detection signature (input {shape}, outputs "
-                            f"{sorted(fn.structured_outputs)}); re-export it with `edgetpu-retrain export`")
+            raise UserError(
+                f"{path}: '{signature}' is not a detection signature (input {shape}, outputs "
+                f"{sorted(fn.structured_outputs)}); re-export it with `edgetpu-retrain export`"
+            )
         self._tf = tf
         self._loaded = loaded  # keeps the variables alive
         self._fn = fn
@@ -130,11 +139,15 @@ class TFLiteDetector(Detector):
             interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
             interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
-            raise UserError(f"{path}: cannot load this .tflite ({exc}); an _edgetpu.tflite needs the Edge TPU "
-                            "delegate — evaluate the CPU model_int8.tflite instead") from exc
+            raise UserError(
+                f"{path}: cannot load this .tflite ({exc}); an _edgetpu.tflite needs the Edge TPU "
+                "delegate — evaluate the CPU model_int8.tflite instead"
+            ) from exc
         details = interpreter.get_input_details()
         if len(details) != 1 or len(details[0]["shape"]) != 4:
-            raise UserError(f"{path}: expected one image input [1, h, w, 3], got {[d['shape'] for d in details]}")
+            raise UserError(
+                f"{path}: expected one image input [1, h, w, 3], got {[d['shape'] for d in details]}"
+            )
         self._interpreter = interpreter
         self._input = details[0]
         self.output_indices = self._find_outputs(interpreter)
@@ -155,11 +168,13 @@ class TFLiteDetector(Detector):
                 return {k: int(outputs[k]) for k in CONTRACT_NAMES}
         details = interpreter.get_output_details()
         if len(details) != 4:
-            raise UserError(f"expected 4 detection outputs, got {len(details)}; export with `edgetpu-retrain export`")
+            raise UserError(
+                f"expected 4 detection outputs, got {len(details)}; export with `edgetpu-retrain export`"
+            )
         idx = [int(d["index"]) for d in details]
         if int(np.prod(details[3]["shape"])) == 1:
-            return dict(zip(("boxes", "classes", "scores", "count"), idx))
-        return dict(zip(("scores", "boxes", "count", "classes"), idx))
+            return dict(zip(("boxes", "classes", "scores", "count"), idx, strict=False))
+        return dict(zip(("scores", "boxes", "count", "classes"), idx, strict=False))
 
     def _prepare(self, batch: np.ndarray) -> np.ndarray:
         dtype = np.dtype(self._input["dtype"])
@@ -189,7 +204,9 @@ def open_detector(path: str | Path, *, num_threads: int | None = None) -> Detect
     path = Path(path).resolve()
     if path.is_dir():
         if not (path / "saved_model.pb").is_file():
-            raise UserError(f"{path}: not a SavedModel folder (no saved_model.pb); pass the export output or a .tflite")
+            raise UserError(
+                f"{path}: not a SavedModel folder (no saved_model.pb); pass the export output or a .tflite"
+            )
         return SavedModelDetector(path)
     if path.is_file() and path.suffix == ".tflite":
         return TFLiteDetector(path, num_threads=num_threads)

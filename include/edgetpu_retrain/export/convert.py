@@ -26,15 +26,18 @@ import argparse
 import logging
 import shutil
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
 from edgetpu_retrain import common
-from edgetpu_retrain.export.saved_model import PYCORAL_ORDER as OUTPUT_ORDER  # (count, scores, classes, boxes)
-from edgetpu_retrain.export.saved_model import TFLITE_SIGNATURE
 from edgetpu_retrain.export.postprocess import OP_NAME as CUSTOM_OP
+from edgetpu_retrain.export.saved_model import (
+    PYCORAL_ORDER as OUTPUT_ORDER,
+)  # (count, scores, classes, boxes)
+from edgetpu_retrain.export.saved_model import TFLITE_SIGNATURE
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +48,16 @@ FLOAT_NAME = "model_float.tflite"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--saved-model", required=True, help="SavedModel folder written by `export`")
-    parser.add_argument("--dataset", required=True, help="dataset snapshot (manifest.json): calibration images")
+    parser.add_argument(
+        "--dataset", required=True, help="dataset snapshot (manifest.json): calibration images"
+    )
     parser.add_argument("--out", required=True, help="folder for model_int8.tflite and model_float.tflite")
-    parser.add_argument("--num-calibration", type=int, default=100,
-                        help="representative images drawn from the train split (default 100; all if fewer)")
+    parser.add_argument(
+        "--num-calibration",
+        type=int,
+        default=100,
+        help="representative images drawn from the train split (default 100; all if fewer)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default 0)")
     parser.add_argument("--no-float", action="store_true", help="skip model_float.tflite")
 
@@ -58,10 +67,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise common.UserError(f"--num-calibration {args.num_calibration}: must be >= 1")
     saved_model = common.require_dir(args.saved_model, what="SavedModel")
     if not (saved_model / "saved_model.pb").is_file():
-        raise common.UserError(f"{saved_model}: no saved_model.pb; pass the folder `edgetpu-retrain export` wrote")
+        raise common.UserError(
+            f"{saved_model}: no saved_model.pb; pass the folder `edgetpu-retrain export` wrote"
+        )
     dataset = common.require_dir(args.dataset, what="dataset snapshot")
-    return convert(saved_model, dataset, args.out, num_calibration=args.num_calibration, seed=args.seed,
-                   write_float=not args.no_float)
+    return convert(
+        saved_model,
+        dataset,
+        args.out,
+        num_calibration=args.num_calibration,
+        seed=args.seed,
+        write_float=not args.no_float,
+    )
 
 
 # --------------------------------------------------------------------------------- calibration
@@ -73,8 +90,10 @@ def split_shards(dataset_dir: str | Path, split: str) -> list[Path]:
     tfrecords = manifest.get("tfrecords") if isinstance(manifest, dict) else None
     tfrecords = tfrecords if isinstance(tfrecords, dict) else {}
     if not isinstance(tfrecords.get(split), list):
-        raise common.UserError(f"{manifest_path}: no tfrecords for split '{split}' (splits here: {sorted(tfrecords)}); "
-                               "choose another split or rebuild the dataset")
+        raise common.UserError(
+            f"{manifest_path}: no tfrecords for split '{split}' (splits here: {sorted(tfrecords)}); "
+            "choose another split or rebuild the dataset"
+        )
     shards = [Path(dataset_dir) / r for r in tfrecords[split]]
     for shard in shards:
         if not shard.is_file():
@@ -85,12 +104,16 @@ def split_shards(dataset_dir: str | Path, split: str) -> list[Path]:
 def train_shards(dataset_dir: str | Path, split: str = "train") -> list[Path]:
     shards = split_shards(dataset_dir, split)
     if not shards:
-        raise common.UserError(f"{Path(dataset_dir) / 'manifest.json'}: the {split} split is empty; calibration "
-                               "needs images from it")
+        raise common.UserError(
+            f"{Path(dataset_dir) / 'manifest.json'}: the {split} split is empty; calibration "
+            "needs images from it"
+        )
     return shards
 
 
-def calibration_images(dataset_dir: str | Path, size: tuple[int, int], *, count: int, seed: int) -> list[np.ndarray]:
+def calibration_images(
+    dataset_dir: str | Path, size: tuple[int, int], *, count: int, seed: int
+) -> list[np.ndarray]:
     """`count` train images (uint8 [h, w, 3] at the model size) drawn with `seed`, in record order;
     the first gets one 0 and one 255 pixel (full input range for calibration)."""
     from edgetpu_retrain.data import tfrecord
@@ -145,8 +168,13 @@ def convert(
     int8_bytes = _convert(saved_model, representative)
     float_bytes = _convert(saved_model, None) if write_float else None
 
-    result: dict[str, Any] = {"out_dir": str(out_dir), "calibration_images": len(samples), "seed": seed,
-                              "input_size": list(size), "output_order": list(OUTPUT_ORDER)}
+    result: dict[str, Any] = {
+        "out_dir": str(out_dir),
+        "calibration_images": len(samples),
+        "seed": seed,
+        "input_size": list(size),
+        "output_order": list(OUTPUT_ORDER),
+    }
     sizes: dict[str, int] = {}
     ops: dict[str, Any] = {}
     for kind, name, data in (("int8", INT8_NAME, int8_bytes), ("float", FLOAT_NAME, float_bytes)):
@@ -185,8 +213,10 @@ def _input_size(saved_model: Path) -> tuple[int, int]:
 
     loaded = tf.saved_model.load(str(saved_model))
     if TFLITE_SIGNATURE not in loaded.signatures:
-        raise common.UserError(f"{saved_model}: no '{TFLITE_SIGNATURE}' signature (has {sorted(loaded.signatures)}); "
-                               "re-export with this version of `edgetpu-retrain export`")
+        raise common.UserError(
+            f"{saved_model}: no '{TFLITE_SIGNATURE}' signature (has {sorted(loaded.signatures)}); "
+            "re-export with this version of `edgetpu-retrain export`"
+        )
     spec = next(iter(loaded.signatures[TFLITE_SIGNATURE].structured_input_signature[1].values()))
     return int(spec.shape[1]), int(spec.shape[2])
 
@@ -206,8 +236,10 @@ def _convert(saved_model: Path, representative: Any) -> bytes:
         return bytes(converter.convert())
     except Exception as exc:  # converter errors are long; keep the first line for the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise common.UserError(f"{saved_model}: TFLite conversion failed ({first}); re-export the SavedModel "
-                               "with `edgetpu-retrain export` (a hand-made SavedModel lacks the post-processing stub)") from exc
+        raise common.UserError(
+            f"{saved_model}: TFLite conversion failed ({first}); re-export the SavedModel "
+            "with `edgetpu-retrain export` (a hand-made SavedModel lacks the post-processing stub)"
+        ) from exc
 
 
 def reorder_outputs(data: bytes) -> bytes:
@@ -254,7 +286,9 @@ def check_model(data: bytes, *, quantized: bool, sample: np.ndarray) -> dict[str
 
     ops = op_counts(data)
     if not any(k.startswith(f"CUSTOM {CUSTOM_OP} ") for k in ops):
-        raise RuntimeError(f"no CUSTOM {CUSTOM_OP} op after conversion (ops: {sorted(ops)}); the stub was inlined")
+        raise RuntimeError(
+            f"no CUSTOM {CUSTOM_OP} op after conversion (ops: {sorted(ops)}); the stub was inlined"
+        )
     interpreter = Interpreter(model_content=data)
     interpreter.allocate_tensors()
     (inp,) = interpreter.get_input_details()
@@ -269,10 +303,12 @@ def check_model(data: bytes, *, quantized: bool, sample: np.ndarray) -> dict[str
         raise RuntimeError(f"get_output_details() order {order} is not output_0..3 {named}")
     k = int(outputs[1]["shape"][-1])
     shapes = {"count": [1], "scores": [1, k], "classes": [1, k], "boxes": [1, k, 4]}
-    for name, d in zip(OUTPUT_ORDER, outputs):
+    for name, d in zip(OUTPUT_ORDER, outputs, strict=False):
         if np.dtype(d["dtype"]) != np.float32 or list(d["shape"]) != shapes[name]:
-            raise RuntimeError(f"output {name}: {np.dtype(d['dtype']).name} {list(d['shape'])}, "
-                               f"expected float32 {shapes[name]}")
+            raise RuntimeError(
+                f"output {name}: {np.dtype(d['dtype']).name} {list(d['shape'])}, "
+                f"expected float32 {shapes[name]}"
+            )
     x = sample[np.newaxis]
     scale, zero = inp["quantization"]
     if quantized and not (abs(scale - 1.0) < 1e-6 and zero == 0):
@@ -283,10 +319,16 @@ def check_model(data: bytes, *, quantized: bool, sample: np.ndarray) -> dict[str
     count = float(interpreter.get_tensor(outputs[0]["index"])[0])
     return {
         "ops": ops,
-        "input": {"name": inp["name"], "dtype": np.dtype(inp["dtype"]).name, "shape": [int(s) for s in inp["shape"]],
-                  "quantization": [float(scale), int(zero)]},
-        "outputs": [{"name": n, "tensor": d["name"], "shape": [int(s) for s in d["shape"]]}
-                    for n, d in zip(OUTPUT_ORDER, outputs)],
+        "input": {
+            "name": inp["name"],
+            "dtype": np.dtype(inp["dtype"]).name,
+            "shape": [int(s) for s in inp["shape"]],
+            "quantization": [float(scale), int(zero)],
+        },
+        "outputs": [
+            {"name": n, "tensor": d["name"], "shape": [int(s) for s in d["shape"]]}
+            for n, d in zip(OUTPUT_ORDER, outputs, strict=False)
+        ],
         "max_detections": k,
         "smoke_count": count,
     }

@@ -376,7 +376,9 @@ def analyze(model: Any) -> dict[str, Any]:
     version_problems: dict[tuple[str, int], list[int]] = {}
     version_text: dict[tuple[str, int], str] = {}
     for op in model.ops:
-        role = "postprocess_tail" if op.index in tail else "input_boundary" if op.index in boundary else "body"
+        role = (
+            "postprocess_tail" if op.index in tail else "input_boundary" if op.index in boundary else "body"
+        )
         supported = op.name in EDGETPU_SUPPORTED_OPS
         q_issue = _op_quantization_issue(model, op)
         r_issue = _op_rank_issue(model, op)
@@ -463,15 +465,19 @@ def analyze(model: Any) -> dict[str, Any]:
             else "it would run on the CPU"
         )
         reasons.append(
-            f"op {first_cpu['index']} {first_cpu['name']} (v{first_cpu['version']}) cannot run on the Edge TPU: "
+            f"op {first_cpu['index']} {first_cpu['name']} (v{first_cpu['version']}) cannot run on the Edge "
+            "TPU: "
             f"{'; '.join(first_cpu['why'])}; {after_text}; fix: {fix}"
         )
     if not body:
-        reasons.append("the model has no ops before the post-processing tail; nothing would run on the Edge TPU")
+        reasons.append(
+            "the model has no ops before the post-processing tail; nothing would run on the Edge TPU"
+        )
 
     if model.subgraph_count > 1:
         warnings.append(
-            f"the model has {model.subgraph_count} subgraphs (control flow); only the main subgraph was checked "
+            f"the model has {model.subgraph_count} subgraphs (control flow); only the main subgraph was "
+            "checked "
             "and control-flow ops do not run on the Edge TPU"
         )
     notes_seen = sorted({r["name"] for r in rows if r["on_tpu_expected"] and r["note"]})
@@ -492,7 +498,9 @@ def analyze(model: Any) -> dict[str, Any]:
         "expected_tpu_op_count": sum(tpu_counts.values()),
         "expected_cpu_op_count": sum(cpu_counts.values()),
         "first_cpu_op": first_cpu,
-        "cpu_ops_after_first": [r["index"] for r in cpu_after if first_cpu and r["index"] != first_cpu["index"]],
+        "cpu_ops_after_first": [
+            r["index"] for r in cpu_after if first_cpu and r["index"] != first_cpu["index"]
+        ],
         "tail_ops": sorted(tail),
         "boundary_ops": sorted(boundary),
         "inputs": [t.details() for t in model.input_tensors],
@@ -532,7 +540,15 @@ def preflight(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------- compiler output
 
-_SIZE_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "KB": 1000, "MB": 1000**2, "GB": 1000**3}
+_SIZE_UNITS = {
+    "B": 1,
+    "KiB": 1 << 10,
+    "MiB": 1 << 20,
+    "GiB": 1 << 30,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+}
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([KMG]i?B|B)\s*$")
 
 
@@ -553,7 +569,9 @@ _LINE_FIELDS = {
     "output_model": re.compile(r"^Output model: (.+?)\s*$", re.M),
     "output_size": re.compile(r"^Output size: (.+?)\s*$", re.M),
     "on_chip_memory_used": re.compile(r"^On-chip memory used for caching model parameters: (.+?)\s*$", re.M),
-    "on_chip_memory_remaining": re.compile(r"^On-chip memory remaining for caching model parameters: (.+?)\s*$", re.M),
+    "on_chip_memory_remaining": re.compile(
+        r"^On-chip memory remaining for caching model parameters: (.+?)\s*$", re.M
+    ),
     "off_chip_memory_used": re.compile(
         r"^Off-chip memory used for streaming uncached model parameters: (.+?)\s*$", re.M
     ),
@@ -564,7 +582,13 @@ _LINE_FIELDS = {
     "ops_on_cpu": re.compile(r"^Number of operations that will run on CPU: (\d+)", re.M),
 }
 _INT_FIELDS = {"timeout_s", "compile_time_ms", "tpu_subgraphs", "total_ops", "ops_on_tpu", "ops_on_cpu"}
-_SIZE_FIELDS = {"input_size", "output_size", "on_chip_memory_used", "on_chip_memory_remaining", "off_chip_memory_used"}
+_SIZE_FIELDS = {
+    "input_size",
+    "output_size",
+    "on_chip_memory_used",
+    "on_chip_memory_remaining",
+    "off_chip_memory_used",
+}
 _TABLE_ROW = re.compile(r"^([A-Z][A-Z0-9_]*)\s+(\d+)\s+(\S.*?)\s*$")
 _MAPPED = "Mapped to Edge TPU"
 _VERSION_ERROR = re.compile(r"Didn't find op for builtin opcode '([A-Z0-9_]+)' version '(\d+)'")
@@ -594,7 +618,14 @@ def parse_compiler_output(text: str) -> dict[str, Any]:
             m = _TABLE_ROW.match(line)
             if m:
                 status = m.group(3)
-                table.append({"op": m.group(1), "count": int(m.group(2)), "status": status, "mapped": status == _MAPPED})
+                table.append(
+                    {
+                        "op": m.group(1),
+                        "count": int(m.group(2)),
+                        "status": status,
+                        "mapped": status == _MAPPED,
+                    }
+                )
             elif line.strip():
                 break
     tpu_ops: Counter[str] = Counter()
@@ -614,7 +645,11 @@ def parse_compiler_output(text: str) -> dict[str, Any]:
         elif s.startswith("Invalid model:"):
             nxt = next((x.strip() for x in lines[i + 1 :] if x.strip()), "")
             errors.append(f"{s}: {nxt}" if nxt else s)
-        elif s.startswith("Internal compiler error") or s.startswith("Compilation failed") or "timed out" in s.lower():
+        elif (
+            s.startswith("Internal compiler error")
+            or s.startswith("Compilation failed")
+            or "timed out" in s.lower()
+        ):
             errors.append(s)
     out["error"] = "; ".join(errors) if errors else None
     vm = _VERSION_ERROR.search(text)
@@ -637,7 +672,9 @@ def find_compiler(explicit: str | None) -> str | None:
         if not found and os.path.isfile(explicit) and os.access(explicit, os.X_OK):
             found = explicit
         if not found:
-            raise UserError(f"{explicit}: edgetpu_compiler not found or not executable; fix --compiler or drop it")
+            raise UserError(
+                f"{explicit}: edgetpu_compiler not found or not executable; fix --compiler or drop it"
+            )
         return str(Path(found).resolve())
     found = shutil.which(COMPILER_NAME)
     return str(Path(found).resolve()) if found else None
@@ -660,14 +697,18 @@ def compile_model(
     log.info("running %s", " ".join(cmd))
     try:
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + TIMEOUT_MARGIN_S, check=False)
+            proc = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=timeout + TIMEOUT_MARGIN_S, check=False
+            )
         except subprocess.TimeoutExpired as exc:
             raise UserError(
                 f"{tflite}: edgetpu_compiler did not finish within {timeout + TIMEOUT_MARGIN_S} s; "
                 "raise --timeout or check the model size"
             ) from exc
         except OSError as exc:
-            raise UserError(f"{compiler}: cannot run edgetpu_compiler ({exc}); it runs on x86-64 Linux only") from exc
+            raise UserError(
+                f"{compiler}: cannot run edgetpu_compiler ({exc}); it runs on x86-64 Linux only"
+            ) from exc
         text = proc.stdout + (("\n" + proc.stderr) if proc.stderr.strip() else "")
         write_text(out_dir / COMPILER_STDOUT, text)
         for line in text.splitlines():
@@ -694,14 +735,22 @@ def compile_model(
 
 
 def compile_failure(
-    tflite: Path, figures: dict[str, Any], returncode: int, preflight_result: dict[str, Any], *, allow_cpu_ops: bool
+    tflite: Path,
+    figures: dict[str, Any],
+    returncode: int,
+    preflight_result: dict[str, Any],
+    *,
+    allow_cpu_ops: bool,
 ) -> str | None:
     """One-line reason the compile result is not acceptable, or None."""
     if returncode != 0 or not figures["success"] or figures.get("compiled_model") is None:
         error = figures.get("error") or f"exit code {returncode}, no compiled model written"
         if figures.get("unsupported_op_version"):
             v = figures["unsupported_op_version"]
-            fix = f"{v['op']} version {v['version']} is too new for compiler 16; convert so it emits an older version"
+            fix = (
+                f"{v['op']} version {v['version']} is too new for compiler 16; "
+                "convert so it emits an older version"
+            )
         elif "not quantized" in error.lower():
             fix = "convert with full-integer quantization (the tflite step's model_int8.tflite)"
         else:
@@ -712,7 +761,8 @@ def compile_failure(
         statuses = sorted({r["status"] for r in figures["op_table"] if not r["mapped"]})
         return (
             f"{tflite}: no Edge TPU subgraph: 0 of {figures.get('total_ops')} ops mapped ({cpu} on the CPU"
-            f"{': ' + '; '.join(statuses) if statuses else ''}); check preflight.json and re-quantize the model"
+            f"{': ' + '; '.join(statuses) if statuses else ''}); check preflight.json and re-quantize the "
+            "model"
         )
     allowed = set(TAIL_OP_TYPES) | {r["name"] for r in preflight_result.get("ops", []) if r["role"] != "body"}
     unexpected = {k: n for k, n in figures["cpu_ops"].items() if k not in allowed}
@@ -720,7 +770,8 @@ def compile_failure(
         rows = [r for r in figures["op_table"] if not r["mapped"] and r["op"] in unexpected]
         detail = "; ".join(f"{r['op']} x{r['count']}: {r['status']}" for r in rows)
         return (
-            f"{tflite}: {sum(unexpected.values())} op(s) besides the post-processing tail would run on the CPU "
+            f"{tflite}: {sum(unexpected.values())} op(s) besides the post-processing tail would run on the "
+            "CPU "
             f"({detail}); make them Edge TPU compatible or pass --allow-cpu-ops"
         )
     return None
@@ -730,21 +781,33 @@ def compile_failure(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--tflite", required=True, help="full-int8 .tflite (the tflite step's model_int8.tflite)")
-    parser.add_argument("--out", required=True, help="output folder: preflight.json, <stem>_edgetpu.tflite, logs")
-    parser.add_argument("--require-compiler", action="store_true", help="fail when edgetpu_compiler is not available")
     parser.add_argument(
-        "--allow-cpu-ops", action="store_true", help="accept ops other than the post-processing tail on the CPU"
+        "--tflite", required=True, help="full-int8 .tflite (the tflite step's model_int8.tflite)"
     )
-    parser.add_argument("--compiler", default=None, help="path to edgetpu_compiler (default: look it up on PATH)")
+    parser.add_argument(
+        "--out", required=True, help="output folder: preflight.json, <stem>_edgetpu.tflite, logs"
+    )
+    parser.add_argument(
+        "--require-compiler", action="store_true", help="fail when edgetpu_compiler is not available"
+    )
+    parser.add_argument(
+        "--allow-cpu-ops",
+        action="store_true",
+        help="accept ops other than the post-processing tail on the CPU",
+    )
+    parser.add_argument(
+        "--compiler", default=None, help="path to edgetpu_compiler (default: look it up on PATH)"
+    )
     parser.add_argument(
         "--timeout", type=int, default=DEFAULT_TIMEOUT_S, help="compiler timeout in seconds (-t), default 180"
     )
 
 
 # The pre-flight keys of the JSON line (the per-op table stays in preflight.json); promote reads them too.
-SUMMARY_KEYS = ("ok", "reasons", "warnings", "expected_tpu_op_count", "expected_cpu_op_count", "expected_tpu_ops",
-                "expected_cpu_ops", "first_cpu_op", "compiler_target", "total_ops")  # fmt: skip
+SUMMARY_KEYS = (
+    "ok", "reasons", "warnings", "expected_tpu_op_count", "expected_cpu_op_count", "expected_tpu_ops",
+    "expected_cpu_ops", "first_cpu_op", "compiler_target", "total_ops",
+)  # fmt: skip
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:

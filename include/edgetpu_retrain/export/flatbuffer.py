@@ -52,8 +52,25 @@ RIGHT_SHIFT
 
 # TensorType enum of schema.fbs, in value order.
 TENSOR_TYPE_NAMES: tuple[str, ...] = (
-    "FLOAT32", "FLOAT16", "INT32", "UINT8", "INT64", "STRING", "BOOL", "INT16", "COMPLEX64", "INT8",
-    "FLOAT64", "COMPLEX128", "UINT64", "RESOURCE", "VARIANT", "UINT32", "UINT16", "INT4", "BFLOAT16",
+    "FLOAT32",
+    "FLOAT16",
+    "INT32",
+    "UINT8",
+    "INT64",
+    "STRING",
+    "BOOL",
+    "INT16",
+    "COMPLEX64",
+    "INT8",
+    "FLOAT64",
+    "COMPLEX128",
+    "UINT64",
+    "RESOURCE",
+    "VARIANT",
+    "UINT32",
+    "UINT16",
+    "INT4",
+    "BFLOAT16",
 )
 
 TFLITE_FILE_IDENTIFIER = b"TFL3"
@@ -196,7 +213,9 @@ def schema_module() -> ModuleType | None:
             if not os.path.isfile(path):
                 continue
             try:
-                file_spec = importlib.util.spec_from_file_location(f"_edgetpu_retrain_tflite_schema_{package}", path)
+                file_spec = importlib.util.spec_from_file_location(
+                    f"_edgetpu_retrain_tflite_schema_{package}", path
+                )
                 assert file_spec is not None and file_spec.loader is not None
                 module = importlib.util.module_from_spec(file_spec)
                 file_spec.loader.exec_module(module)
@@ -220,7 +239,9 @@ def read_model(source: str | os.PathLike[str] | bytes, *, reader: str = "auto") 
         path = str(Path(source).resolve())
         buf = Path(source).read_bytes()
     if len(buf) < 8 or buf[4:8] != TFLITE_FILE_IDENTIFIER:
-        raise TFLiteReadError(f"{path or '<bytes>'}: not a TFLite flatbuffer (file identifier {buf[4:8]!r}, expected 'TFL3')")
+        raise TFLiteReadError(
+            f"{path or '<bytes>'}: not a TFLite flatbuffer (file identifier {buf[4:8]!r}, expected 'TFL3')"
+        )
     if reader not in ("auto", "schema", "minimal"):
         raise ValueError(f"reader must be auto, schema or minimal, not {reader!r}")
     module = schema_module() if reader in ("auto", "schema") else None
@@ -233,7 +254,9 @@ def read_model(source: str | os.PathLike[str] | bytes, *, reader: str = "auto") 
     except TFLiteReadError:
         raise
     except Exception as exc:  # noqa: BLE001 - corrupt offsets surface as struct/index errors
-        raise TFLiteReadError(f"{path or '<bytes>'}: corrupt TFLite flatbuffer ({type(exc).__name__}: {exc})") from exc
+        raise TFLiteReadError(
+            f"{path or '<bytes>'}: corrupt TFLite flatbuffer ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def _decode(value: bytes | str | None) -> str:
@@ -270,7 +293,11 @@ def _read_with_schema(m: ModuleType, buf: bytes, path: str | None) -> TFLiteMode
             scale = tuple(float(q.Scale(j)) for j in range(q.ScaleLength()))
             zp = tuple(int(q.ZeroPoint(j)) for j in range(q.ZeroPointLength()))
             qdim = int(q.QuantizedDimension())
-        sig = tuple(int(t.ShapeSignature(j)) for j in range(t.ShapeSignatureLength())) if t.ShapeSignatureLength() else None
+        sig = (
+            tuple(int(t.ShapeSignature(j)) for j in range(t.ShapeSignatureLength()))
+            if t.ShapeSignatureLength()
+            else None
+        )
         tensors.append(
             TensorInfo(
                 index=i,

@@ -28,9 +28,14 @@ Only `max_classes_per_detection == 1` is supported (what pycoral and our evaluat
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edgetpu_retrain.model.detector import BOX_SCALES as DEFAULT_SCALES  # (y, x, h, w); detector.py imports no TF
+from edgetpu_retrain.model.detector import (
+    BOX_SCALES as DEFAULT_SCALES,
+)  # (y, x, h, w); detector.py imports no TF
+
+if TYPE_CHECKING:
+    from edgetpu_retrain.model.config import Config
 
 OP_NAME = "TFLite_Detection_PostProcess"
 # The custom op's own default; the converter drops the attribute, so this is what TFLite always uses.
@@ -56,7 +61,9 @@ class PostprocessParams:
         if self.max_detections < 1:
             raise ValueError(f"max_detections must be >= 1, got {self.max_detections}")
         if self.max_classes_per_detection != 1:
-            raise ValueError("only max_classes_per_detection=1 is supported (pycoral reads one class per box)")
+            raise ValueError(
+                "only max_classes_per_detection=1 is supported (pycoral reads one class per box)"
+            )
         if not 0.0 <= self.nms_iou_threshold <= 1.0:
             raise ValueError(f"nms_iou_threshold must be in [0, 1], got {self.nms_iou_threshold}")
         if len(self.scales) != 4 or min(self.scales) <= 0:
@@ -93,7 +100,7 @@ class PostprocessParams:
         return " ".join(parts)
 
 
-def params_from_config(cfg: Any) -> PostprocessParams:
+def params_from_config(cfg: Config) -> PostprocessParams:
     """Build the op attributes from `Config` (cfg.model.num_classes, cfg.postprocess.*).
 
     Accepts the usual spellings of each field so the config module can name them naturally.
@@ -131,7 +138,9 @@ def params_from_config(cfg: Any) -> PostprocessParams:
     )
 
 
-def decode_boxes(box_encodings: Any, anchors: Any, scales: tuple[float, float, float, float] = DEFAULT_SCALES) -> Any:
+def decode_boxes(
+    box_encodings: Any, anchors: Any, scales: tuple[float, float, float, float] = DEFAULT_SCALES
+) -> Any:
     """[N,4] (ty, tx, th, tw) + anchors [N,4] (ycenter, xcenter, h, w) -> [N,4] (ymin, xmin, ymax, xmax).
 
     The training box coder's decode (`boxes.decode`), so the SavedModel and training agree by construction.
@@ -155,7 +164,8 @@ def make_postprocess_fn(params: PostprocessParams) -> Any:
     # TF's NMS keeps score > threshold, the op keeps score >= threshold: step one float32 ulp down.
     tf_threshold = float(np.nextafter(np.float32(params.nms_score_threshold), np.float32(-np.inf)))
     iou = float(params.nms_iou_threshold)
-    scales = tuple(float(s) for s in params.scales)
+    sy, sx, sh, sw = (float(s) for s in params.scales)
+    scales = (sy, sx, sh, sw)
 
     @tf.function(experimental_implements=params.implements_signature())
     def postprocess(box_encodings: Any, class_predictions: Any, anchors: Any) -> tuple[Any, Any, Any, Any]:

@@ -28,9 +28,12 @@ import argparse
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgetpu_retrain import common
+
+if TYPE_CHECKING:
+    from edgetpu_retrain.model.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +65,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return export_detector(detector, cfg, args.out, checkpoint=str(Path(checkpoint).resolve()))
 
 
-def class_names(cfg: Any) -> list[tuple[int, str]]:
+def class_names(cfg: Config) -> list[tuple[int, str]]:
     """[(label-map id, name)]: cfg.data.classes lists the names in label-map id order, id 1 first."""
     names = tuple(getattr(getattr(cfg, "data", None), "classes", None) or ())
     if len(names) != int(cfg.model.num_classes):
-        raise common.UserError(f"config: data.classes has {len(names)} names but model.num_classes is "
-                               f"{cfg.model.num_classes}; re-render the config from the dataset")
+        raise common.UserError(
+            f"config: data.classes has {len(names)} names but model.num_classes is "
+            f"{cfg.model.num_classes}; re-render the config from the dataset"
+        )
     return [(i, str(name)) for i, name in enumerate(names, start=1)]
 
 
@@ -88,8 +93,8 @@ def build_archive(
     import numpy as np
     import tensorflow as tf
 
-    from edgetpu_retrain.model.detector import class_scores
     from edgetpu_retrain.export.postprocess import make_postprocess_fn
+    from edgetpu_retrain.model.detector import class_scores
 
     height, width = input_size
     anchors = np.asarray(anchors, dtype=np.float32)
@@ -121,8 +126,10 @@ def build_archive(
 def archive_details(archive: Any) -> dict[str, Any]:
     """{signature: {"inputs": {name: [shape, dtype]}, "outputs": {...}}} from the archive's traced
     endpoints (no SavedModel reload)."""
-    return {name: _fn_details(getattr(archive._tf_trackable, name).get_concrete_function())  # noqa: SLF001
-            for name in sorted((SIGNATURE, TFLITE_SIGNATURE))}
+    return {
+        name: _fn_details(getattr(archive._tf_trackable, name).get_concrete_function())  # noqa: SLF001
+        for name in sorted((SIGNATURE, TFLITE_SIGNATURE))
+    }
 
 
 def _fn_details(fn: Any) -> dict[str, Any]:
@@ -140,7 +147,7 @@ def _fn_details(fn: Any) -> dict[str, Any]:
 
 def export_detector(
     detector: Any,
-    cfg: Any,
+    cfg: Config,
     out_dir: str | Path,
     *,
     anchors: Any = None,
@@ -235,4 +242,3 @@ def _check_signature(details: dict[str, Any], input_size: tuple[int, int], k: in
     got = details.get(SIGNATURE)
     if got != expected:  # a bug in this module, not a user problem
         raise RuntimeError(f"serving_default signature is {got}, expected {expected}")
-

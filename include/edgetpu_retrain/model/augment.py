@@ -35,8 +35,9 @@ def flip(image: tf.Tensor, boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.reverse(image, axis=[1]), flip_boxes(boxes)
 
 
-def crop_boxes(boxes: tf.Tensor, labels: tf.Tensor, window: tf.Tensor,
-               min_visible: float) -> tuple[tf.Tensor, tf.Tensor]:
+def crop_boxes(
+    boxes: tf.Tensor, labels: tf.Tensor, window: tf.Tensor, min_visible: float
+) -> tuple[tf.Tensor, tf.Tensor]:
     """Boxes in the coordinates of `window` (ymin, xmin, ymax, xmax, normalized to the image).
 
     Boxes are clipped to the window; a box keeping less than `min_visible` of its area (or no area) is
@@ -95,8 +96,9 @@ def color_jitter(image: tf.Tensor, seed: tf.Tensor, aug: Any) -> tf.Tensor:
     if aug.contrast > 0:
         x = tf.image.stateless_random_contrast(x, 1.0 - aug.contrast, 1.0 + aug.contrast, seed=_seed(seed, 4))
     if aug.saturation > 0:
-        x = tf.image.stateless_random_saturation(x, 1.0 - aug.saturation, 1.0 + aug.saturation,
-                                                 seed=_seed(seed, 5))
+        x = tf.image.stateless_random_saturation(
+            x, 1.0 - aug.saturation, 1.0 + aug.saturation, seed=_seed(seed, 5)
+        )
     if aug.hue > 0:
         x = tf.image.stateless_random_hue(x, aug.hue, seed=_seed(seed, 6))
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
@@ -107,7 +109,8 @@ def resize_only(image: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor, size: int
 
 
 def augment(image: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, aug: Any, size: int):
-    """(uint8/float image [H,W,3], boxes [M,4], labels [M]) -> (float32 [size,size,3] 0..255, boxes, labels)."""
+    """(uint8/float image [H,W,3], boxes [M,4], labels [M]) -> (float32 [size,size,3] 0..255, boxes,
+    labels)."""
     boxes = tf.clip_by_value(tf.cast(boxes, tf.float32), 0.0, 1.0)
     if aug.scale_crop:
         image, window = crop_pixels(image, random_window(seed, aug))

@@ -26,11 +26,14 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgetpu_retrain.common import UserError, log
+
+if TYPE_CHECKING:
+    from edgetpu_retrain.model.config import Config
 
 BOX_SCALES = (10.0, 10.0, 5.0, 5.0)  # (y, x, h, w), FasterRcnnBoxCoder scales (boxes/postprocess import it)
 FEATURE_LAYERS = {
@@ -53,7 +56,7 @@ def _backbone_size(base: str, size: int, stride: int) -> int:
     return size
 
 
-def feature_map_sizes(cfg: Any) -> list[int]:
+def feature_map_sizes(cfg: Config) -> list[int]:
     """Square side of every anchor-carrying feature map, in prediction order."""
     m = cfg.model
     sizes = [_backbone_size(m.base, m.input_size, 16), _backbone_size(m.base, m.input_size, 32)]
@@ -62,7 +65,7 @@ def feature_map_sizes(cfg: Any) -> list[int]:
     return sizes[: m.anchors.num_layers]
 
 
-def anchor_specs(cfg: Any) -> list[list[tuple[float, float]]]:
+def anchor_specs(cfg: Config) -> list[list[tuple[float, float]]]:
     """Per feature map, the (scale, aspect_ratio) of each anchor at one location (TF OD API rules)."""
     a = cfg.model.anchors
     n = a.num_layers
@@ -79,7 +82,7 @@ def anchor_specs(cfg: Any) -> list[list[tuple[float, float]]]:
     return specs
 
 
-def anchors(cfg: Any) -> np.ndarray:
+def anchors(cfg: Config) -> np.ndarray:
     """All anchors [N, 4] float32 (ycenter, xcenter, h, w), normalized, in prediction order."""
     return _anchors_cached(tuple(feature_map_sizes(cfg)), tuple(tuple(s) for s in anchor_specs(cfg))).copy()
 
@@ -87,7 +90,7 @@ def anchors(cfg: Any) -> np.ndarray:
 @lru_cache(maxsize=16)
 def _anchors_cached(sizes: tuple[int, ...], specs: tuple[tuple[tuple[float, float], ...], ...]) -> np.ndarray:
     out = []
-    for size, spec in zip(sizes, specs):
+    for size, spec in zip(sizes, specs, strict=False):
         centers = (np.arange(size, dtype=np.float64) + 0.5) / size
         yc, xc = np.meshgrid(centers, centers, indexing="ij")  # [size, size]
         hw = np.array([[s / math.sqrt(r), s * math.sqrt(r)] for s, r in spec])  # [A, 2]
@@ -100,12 +103,12 @@ def _anchors_cached(sizes: tuple[int, ...], specs: tuple[tuple[tuple[float, floa
     return np.concatenate(out).astype(np.float32)
 
 
-def num_anchors(cfg: Any) -> int:
-    return sum(s * s * len(spec) for s, spec in zip(feature_map_sizes(cfg), anchor_specs(cfg)))
+def num_anchors(cfg: Config) -> int:
+    return sum(s * s * len(spec) for s, spec in zip(feature_map_sizes(cfg), anchor_specs(cfg), strict=False))
 
 
 # --------------------------------------------------------------------------------------- model
-def _backbone(cfg: Any, weights: str | None):
+def _backbone(cfg: Config, weights: str | None):
     import keras
 
     m = cfg.model
@@ -113,19 +116,25 @@ def _backbone(cfg: Any, weights: str | None):
     if weights not in (None, "imagenet"):
         path = Path(weights)
         if not path.is_file():
-            raise UserError(f"{path}: backbone weights file not found (model.backbone_weights); give a local "
-                            f".h5/.keras file of keras.applications weights with include_top=False, "
-                            f"'imagenet', or null")
+            raise UserError(
+                f"{path}: backbone weights file not found (model.backbone_weights); give a local "
+                f".h5/.keras file of keras.applications weights with include_top=False, "
+                f"'imagenet', or null"
+            )
         weights = str(path)
     app = keras.applications.MobileNet if m.base == "mobilenet_v1_ssd" else keras.applications.MobileNetV2
     try:
         backbone = app(input_shape=shape, alpha=m.alpha, include_top=False, weights=weights)
     except Exception as exc:  # download failure, unsupported alpha for imagenet, bad file
-        raise UserError(f"model.backbone_weights={weights!r}: could not build the {m.base} backbone with "
-                        f"these weights ({type(exc).__name__}: {exc}); use alpha in 0.25/0.35/0.5/0.75/1.0 for "
-                        f"'imagenet', a local include_top=False weights file, or null") from exc
+        raise UserError(
+            f"model.backbone_weights={weights!r}: could not build the {m.base} backbone with "
+            f"these weights ({type(exc).__name__}: {exc}); use alpha in 0.25/0.35/0.5/0.75/1.0 for "
+            f"'imagenet', a local include_top=False weights file, or null"
+        ) from exc
     names = FEATURE_LAYERS[m.base]
-    return keras.Model(backbone.input, [backbone.get_layer(n).output for n in names], name=f"{m.base}_backbone")
+    return keras.Model(
+        backbone.input, [backbone.get_layer(n).output for n in names], name=f"{m.base}_backbone"
+    )
 
 
 def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, momentum: float):
@@ -153,7 +162,7 @@ def _predictor(x, outputs: int, name: str, head: str, momentum: float, bias_init
     return layers.Conv2D(outputs, 1, padding="same", bias_initializer=bias_init, name=f"{name}_conv")(x)
 
 
-def build_detector(cfg: Any, *, weights: Any = _FROM_CONFIG):
+def build_detector(cfg: Config, *, weights: Any = _FROM_CONFIG):
     """The SSD detector as a Keras functional model (see module docstring).
 
     weights: backbone weights, None / 'imagenet' / local file; defaults to cfg.model.backbone_weights.
@@ -192,14 +201,15 @@ def build_detector(cfg: Any, *, weights: Any = _FROM_CONFIG):
 
     prior = -math.log((1 - CLASS_PRIOR) / CLASS_PRIOR)
     box_outs, cls_outs = [], []
-    for i, (f, spec, size) in enumerate(zip(feats, specs, sizes)):
+    for i, (f, spec, size) in enumerate(zip(feats, specs, sizes, strict=False)):
         if tuple(f.shape[1:3]) != (size, size):  # pragma: no cover - guards anchors() vs the graph
             raise RuntimeError(f"feature map {i} is {tuple(f.shape[1:3])}, anchors expect {size}x{size}")
         a = len(spec)
         bias = np.tile(np.array([0.0] + [prior] * m.num_classes, np.float32), a)
         b = _predictor(f, a * 4, f"box_{i}", m.head, momentum)
-        c = _predictor(f, a * num_outputs, f"class_{i}", m.head, momentum,
-                       bias_init=keras.initializers.Constant(bias))
+        c = _predictor(
+            f, a * num_outputs, f"class_{i}", m.head, momentum, bias_init=keras.initializers.Constant(bias)
+        )
         box_outs.append(layers.Reshape((size * size * a, 4), name=f"box_{i}_reshape")(b))
         cls_outs.append(layers.Reshape((size * size * a, num_outputs), name=f"class_{i}_reshape")(c))
     boxes = layers.Concatenate(axis=1, name="box_encodings")(box_outs)
@@ -232,12 +242,14 @@ def resolve_checkpoint(checkpoint_path: str | os.PathLike[str]) -> str:
                 return latest
         raise UserError(f"{path}: no checkpoint found in this folder; run `edgetpu-retrain train` first")
     if not Path(str(path) + ".index").is_file():
-        raise UserError(f"{path}: checkpoint not found (expected {path}.index); pass the 'checkpoint' path "
-                        f"printed by `edgetpu-retrain train`")
+        raise UserError(
+            f"{path}: checkpoint not found (expected {path}.index); pass the 'checkpoint' path "
+            f"printed by `edgetpu-retrain train`"
+        )
     return str(path)
 
 
-def load_detector(cfg: Any, checkpoint_path: str | os.PathLike[str]):
+def load_detector(cfg: Config, checkpoint_path: str | os.PathLike[str]):
     """Rebuild the detector from cfg (no backbone download) and restore the weights `train` saved."""
     import tensorflow as tf
 
@@ -247,8 +259,10 @@ def load_detector(cfg: Any, checkpoint_path: str | os.PathLike[str]):
         status = tf.train.Checkpoint(model=model).restore(prefix).expect_partial()
         status.assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as exc:
-        raise UserError(f"{prefix}: checkpoint does not match the config's model ({cfg.model.base}, "
-                        f"{cfg.model.head}, alpha {cfg.model.alpha}, {cfg.model.num_classes} classes); use the "
-                        f"config the checkpoint was trained with") from exc
+        raise UserError(
+            f"{prefix}: checkpoint does not match the config's model ({cfg.model.base}, "
+            f"{cfg.model.head}, alpha {cfg.model.alpha}, {cfg.model.num_classes} classes); use the "
+            f"config the checkpoint was trained with"
+        ) from exc
     log.info("restored %s from %s", model.name, prefix)
     return model

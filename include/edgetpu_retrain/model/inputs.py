@@ -8,17 +8,20 @@ resumed run sees the same images and the same augmentations as an uninterrupted 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
-from edgetpu_retrain.model import augment
-from edgetpu_retrain.model import boxes
 from edgetpu_retrain.data.tfrecord import parse_example
+from edgetpu_retrain.model import augment, boxes
+
+if TYPE_CHECKING:
+    from edgetpu_retrain.model.config import Config
 
 
 def parse_record(serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """One serialized Example -> (image uint8 [H,W,3], boxes [M,4] (ymin,xmin,ymax,xmax), labels [M] int32)."""
+    """One serialized Example -> (image uint8 [H,W,3], boxes [M,4] (ymin,xmin,ymax,xmax), labels [M]
+    int32)."""
     ex = parse_example(serialized, decode_image=True)
     image = tf.ensure_shape(ex["image"], [None, None, 3])
     return image, tf.reshape(tf.cast(ex["boxes"], tf.float32), [-1, 4]), tf.cast(ex["labels"], tf.int32)
@@ -35,8 +38,15 @@ def pad_boxes(box: tf.Tensor, label: tf.Tensor, max_boxes: int) -> tuple[tf.Tens
     return tf.ensure_shape(box, [max_boxes, 4]), tf.ensure_shape(label, [max_boxes])
 
 
-def preprocess(cfg: Any, image: tf.Tensor, box: tf.Tensor, label: tf.Tensor, *, training: bool,
-               seed: tf.Tensor | None = None):
+def preprocess(
+    cfg: Config,
+    image: tf.Tensor,
+    box: tf.Tensor,
+    label: tf.Tensor,
+    *,
+    training: bool,
+    seed: tf.Tensor | None = None,
+):
     """Decoded example -> (float32 [S,S,3] 0..255, boxes [max_boxes,4], labels [max_boxes])."""
     size = cfg.model.input_size
     label = tf.where((label >= 1) & (label <= cfg.model.num_classes), label, 0)
@@ -48,18 +58,24 @@ def preprocess(cfg: Any, image: tf.Tensor, box: tf.Tensor, label: tf.Tensor, *, 
     return tf.ensure_shape(image, [size, size, 3]), box, label
 
 
-def targets(cfg: Any, anchors: tf.Tensor, box: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
-    cls_t, box_t, _ = boxes.match(box, label, anchors, matched_threshold=cfg.train.matched_threshold,
-                                  unmatched_threshold=cfg.train.unmatched_threshold)
+def targets(cfg: Config, anchors: tf.Tensor, box: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
+    cls_t, box_t, _ = boxes.match(
+        box,
+        label,
+        anchors,
+        matched_threshold=cfg.train.matched_threshold,
+        unmatched_threshold=cfg.train.unmatched_threshold,
+    )
     return {"box_targets": box_t, "cls_targets": cls_t}
 
 
-def train_files(cfg: Any) -> list[str]:
+def train_files(cfg: Config) -> list[str]:
     return sorted(cfg.data.tfrecords.get(cfg.train.train_split, ()))
 
 
-def train_dataset(cfg: Any, anchors: Any, *, batch_size: int | None = None, start_step: int = 0,
-                  with_boxes: bool = False) -> tf.data.Dataset:
+def train_dataset(
+    cfg: Config, anchors: Any, *, batch_size: int | None = None, start_step: int = 0, with_boxes: bool = False
+) -> tf.data.Dataset:
     """Infinite batches (images [B,S,S,3] float32, {'box_targets' [B,N,4], 'cls_targets' [B,N]}).
 
     start_step: steps already trained (resume) -> the first start_step*B records are skipped.

@@ -14,9 +14,12 @@ are normalized by the number of positive anchors in the batch (at least 1), as t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from edgetpu_retrain.model.config import Config
 
 
 def huber(x: tf.Tensor, delta: float = 1.0) -> tf.Tensor:
@@ -24,7 +27,9 @@ def huber(x: tf.Tensor, delta: float = 1.0) -> tf.Tensor:
     return tf.where(ax < delta, 0.5 * x * x, delta * (ax - 0.5 * delta))
 
 
-def focal_loss(logits: tf.Tensor, cls_targets: tf.Tensor, *, alpha: float = 0.25, gamma: float = 2.0) -> tf.Tensor:
+def focal_loss(
+    logits: tf.Tensor, cls_targets: tf.Tensor, *, alpha: float = 0.25, gamma: float = 2.0
+) -> tf.Tensor:
     """Per-anchor sigmoid focal loss [B,N] over the foreground columns (ignored anchors -> 0)."""
     num_outputs = logits.shape[-1]
     fg_logits = logits[..., 1:]
@@ -48,8 +53,9 @@ def cross_entropy(logits: tf.Tensor, cls_targets: tf.Tensor, *, softmax: bool) -
     return tf.where(cls_targets >= 0, loss, 0.0)
 
 
-def hard_negative_mask(neg_loss: tf.Tensor, negatives: tf.Tensor, num_pos: tf.Tensor, ratio: float,
-                       min_negatives: int = 3) -> tf.Tensor:
+def hard_negative_mask(
+    neg_loss: tf.Tensor, negatives: tf.Tensor, num_pos: tf.Tensor, ratio: float, min_negatives: int = 3
+) -> tf.Tensor:
     """[B,N] bool: per image the ratio*num_pos (at least min_negatives) highest-loss negatives."""
     scores = tf.where(negatives, neg_loss, -1.0)
     order = tf.argsort(scores, axis=-1, direction="DESCENDING", stable=True)
@@ -58,8 +64,9 @@ def hard_negative_mask(neg_loss: tf.Tensor, negatives: tf.Tensor, num_pos: tf.Te
     return negatives & (rank < k[:, None])
 
 
-def detection_loss(cfg: Any, box_pred: tf.Tensor, logits: tf.Tensor, box_targets: tf.Tensor,
-                   cls_targets: tf.Tensor) -> dict[str, tf.Tensor]:
+def detection_loss(
+    cfg: Config, box_pred: tf.Tensor, logits: tf.Tensor, box_targets: tf.Tensor, cls_targets: tf.Tensor
+) -> dict[str, tf.Tensor]:
     """{'total', 'box', 'class', 'num_pos'} scalars for one (replica) batch."""
     t = cfg.train
     box_pred = tf.cast(box_pred, tf.float32)

@@ -20,17 +20,25 @@ from pathlib import Path
 from typing import Any
 
 from edgetpu_retrain.common import UserError, log, read_json, write_json
-from edgetpu_retrain.model.config import load_config
+from edgetpu_retrain.model.config import Config, load_config
 
 RESULT_FILE = "train_result.json"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="config YAML written by render-config")
-    parser.add_argument("--out", required=True, help="run folder: checkpoints/, tensorboard/, train_result.json")
-    parser.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                        help="continue from the latest checkpoint in OUT (default) or start over")
-    parser.add_argument("--steps", type=int, default=None, help="override train.steps (total, not additional)")
+    parser.add_argument(
+        "--out", required=True, help="run folder: checkpoints/, tensorboard/, train_result.json"
+    )
+    parser.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue from the latest checkpoint in OUT (default) or start over",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="override train.steps (total, not additional)"
+    )
 
 
 def _format_eta(seconds: float) -> str:
@@ -38,7 +46,7 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def make_schedule(cfg: Any, total_steps: int):
+def make_schedule(cfg: Config, total_steps: int):
     import keras
     import tensorflow as tf
 
@@ -68,7 +76,7 @@ def make_schedule(cfg: Any, total_steps: int):
     return WarmupCosine()
 
 
-def make_optimizer(cfg: Any, total_steps: int):
+def make_optimizer(cfg: Config, total_steps: int):
     import keras
 
     t = cfg.train
@@ -108,8 +116,9 @@ def _strategy():
     return tf.distribute.get_strategy()
 
 
-def _result(out: Path, config: Path, checkpoint: str, steps_done: int, losses: dict[str, float],
-            images_per_sec: float) -> dict[str, Any]:
+def _result(
+    out: Path, config: Path, checkpoint: str, steps_done: int, losses: dict[str, float], images_per_sec: float
+) -> dict[str, Any]:
     return {
         "checkpoint": checkpoint,
         "steps_done": int(steps_done),
@@ -122,8 +131,15 @@ def _result(out: Path, config: Path, checkpoint: str, steps_done: int, losses: d
     }
 
 
-def train(cfg: Any, out: str | Path, *, config_path: str | Path = "", steps: int | None = None,
-          resume: bool = True, max_seconds: float | None = None) -> dict[str, Any]:
+def train(
+    cfg: Config,
+    out: str | Path,
+    *,
+    config_path: str | Path = "",
+    steps: int | None = None,
+    resume: bool = True,
+    max_seconds: float | None = None,
+) -> dict[str, Any]:
     """Train to `steps` (default cfg.train.steps) total steps; returns the JSON-line dict.
 
     max_seconds (benchmarks): stop early, with a checkpoint, once this much wall time has passed.
@@ -131,9 +147,9 @@ def train(cfg: Any, out: str | Path, *, config_path: str | Path = "", steps: int
     import keras
     import tensorflow as tf
 
+    from edgetpu_retrain.model import detector as model_mod
     from edgetpu_retrain.model import inputs
     from edgetpu_retrain.model import losses as losses_mod
-    from edgetpu_retrain.model import detector as model_mod
 
     t = cfg.train
     total = int(steps if steps is not None else t.steps)
@@ -148,8 +164,10 @@ def train(cfg: Any, out: str | Path, *, config_path: str | Path = "", steps: int
     out.mkdir(parents=True, exist_ok=True)
     for split_file in inputs.train_files(cfg):
         if not Path(split_file).is_file():
-            raise UserError(f"{split_file}: TFRecord shard not found (data.tfrecords); rebuild the dataset or "
-                            f"re-render the config")
+            raise UserError(
+                f"{split_file}: TFRecord shard not found (data.tfrecords); rebuild the dataset or "
+                f"re-render the config"
+            )
 
     keras.utils.set_random_seed(t.seed)
     strategy = _strategy()
@@ -161,17 +179,24 @@ def train(cfg: Any, out: str | Path, *, config_path: str | Path = "", steps: int
         optimizer = make_optimizer(cfg, total)
         optimizer.build(model.trainable_variables)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        last = {k: tf.Variable(0.0, trainable=False, name=f"last_{k}") for k in ("total", "box", "class", "ips")}
-    ckpt = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step_var, **{f"last_{k}": v for k, v in last.items()})
-    manager = tf.train.CheckpointManager(ckpt, str(ckpt_dir), max_to_keep=t.keep_checkpoints,
-                                         checkpoint_name="ckpt")
+        last = {
+            k: tf.Variable(0.0, trainable=False, name=f"last_{k}") for k in ("total", "box", "class", "ips")
+        }
+    ckpt = tf.train.Checkpoint(
+        model=model, optimizer=optimizer, step=step_var, **{f"last_{k}": v for k, v in last.items()}
+    )
+    manager = tf.train.CheckpointManager(
+        ckpt, str(ckpt_dir), max_to_keep=t.keep_checkpoints, checkpoint_name="ckpt"
+    )
     if manager.latest_checkpoint:
         try:
             ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as exc:
-            raise UserError(f"{manager.latest_checkpoint}: this checkpoint was trained with a different model "
-                            f"config ({type(exc).__name__}); use a new --out folder or --no-resume to start "
-                            f"over") from exc
+            raise UserError(
+                f"{manager.latest_checkpoint}: this checkpoint was trained with a different model "
+                f"config ({type(exc).__name__}); use a new --out folder or --no-resume to start "
+                f"over"
+            ) from exc
         log.info("resuming from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
     start = int(step_var.numpy())
     if start >= total:
@@ -181,8 +206,14 @@ def train(cfg: Any, out: str | Path, *, config_path: str | Path = "", steps: int
             previous = read_json(stored)
             if previous.get("checkpoint") == manager.latest_checkpoint:
                 return previous
-        result = _result(out, Path(config_path), manager.latest_checkpoint, start,
-                         {k: last[k].numpy() for k in ("total", "box", "class")}, last["ips"].numpy())
+        result = _result(
+            out,
+            Path(config_path),
+            manager.latest_checkpoint,
+            start,
+            {k: last[k].numpy() for k in ("total", "box", "class")},
+            last["ips"].numpy(),
+        )
         write_json(stored, result)
         return result
 
@@ -200,17 +231,18 @@ def train(cfg: Any, out: str | Path, *, config_path: str | Path = "", steps: int
         return parts, grads
 
     if replicas == 1:
+
         @tf.function(jit_compile=t.jit_compile)
         def replica_step(images, labels):
             parts, grads = compute(images, labels["box_targets"], labels["cls_targets"])
-            optimizer.apply_gradients(zip(grads, variables))
+            optimizer.apply_gradients(zip(grads, variables, strict=False))
             return parts
     else:
         compute_fn = tf.function(compute, jit_compile=t.jit_compile)
 
         def replica_step(images, labels):
             parts, grads = compute_fn(images, labels["box_targets"], labels["cls_targets"])
-            optimizer.apply_gradients(zip(grads, variables))
+            optimizer.apply_gradients(zip(grads, variables, strict=False))
             return parts
 
     @tf.function
@@ -218,14 +250,28 @@ def train(cfg: Any, out: str | Path, *, config_path: str | Path = "", steps: int
         parts = strategy.run(replica_step, args=(images, labels))
         step_var.assign_add(1)
         # losses: mean over replicas; positives: total over the global batch
-        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM if k == "num_pos" else tf.distribute.ReduceOp.MEAN,
-                                   v, axis=None) for k, v in parts.items()}
+        return {
+            k: strategy.reduce(
+                tf.distribute.ReduceOp.SUM if k == "num_pos" else tf.distribute.ReduceOp.MEAN, v, axis=None
+            )
+            for k, v in parts.items()
+        }
 
     writer = tf.summary.create_file_writer(str(out / "tensorboard"))
     iterator = iter(dist_dataset)
-    log.info("training %s (%s head, %dx%d, %d anchors) steps %d -> %d, batch %d on %d replica(s), jit=%s",
-             cfg.model.base, cfg.model.head, cfg.model.input_size, cfg.model.input_size, len(anchors), start,
-             total, t.batch_size, replicas, t.jit_compile)
+    log.info(
+        "training %s (%s head, %dx%d, %d anchors) steps %d -> %d, batch %d on %d replica(s), jit=%s",
+        cfg.model.base,
+        cfg.model.head,
+        cfg.model.input_size,
+        cfg.model.input_size,
+        len(anchors),
+        start,
+        total,
+        t.batch_size,
+        replicas,
+        t.jit_compile,
+    )
     window_start = time.perf_counter()
     window_steps = 0
     timed_steps = 0
@@ -247,8 +293,12 @@ def train(cfg: Any, out: str | Path, *, config_path: str | Path = "", steps: int
         parts = train_step(images, labels)
         if step == start + 1:
             values = {k: float(v.numpy()) for k, v in parts.items()}  # first step: tracing, not timed
-            log.info("step %d/%d: first step (tracing/compiling) took %.1f s", step, total,
-                     time.perf_counter() - window_start)
+            log.info(
+                "step %d/%d: first step (tracing/compiling) took %.1f s",
+                step,
+                total,
+                time.perf_counter() - window_start,
+            )
             window_start = time.perf_counter()
             window_steps = 0
         else:
@@ -256,8 +306,10 @@ def train(cfg: Any, out: str | Path, *, config_path: str | Path = "", steps: int
         if step % t.log_every == 0 or step == total:
             values = {k: float(v.numpy()) for k, v in parts.items()}
             if not all(math.isfinite(v) for v in values.values()):
-                raise UserError(f"step {step}: loss is not finite ({values}); lower train.learning_rate "
-                                f"(now {t.learning_rate}) or check the boxes in the dataset")
+                raise UserError(
+                    f"step {step}: loss is not finite ({values}); lower train.learning_rate "
+                    f"(now {t.learning_rate}) or check the boxes in the dataset"
+                )
             now = time.perf_counter()
             if window_steps:
                 sec_per_step = (now - window_start) / window_steps
@@ -268,10 +320,20 @@ def train(cfg: Any, out: str | Path, *, config_path: str | Path = "", steps: int
             window_start, window_steps = now, 0
             ips = t.batch_size / sec_per_step if math.isfinite(sec_per_step) and sec_per_step > 0 else 0.0
             lr = float(optimizer.learning_rate.numpy()) if hasattr(optimizer.learning_rate, "numpy") else 0.0
-            log.info("step %d/%d loss %.4f (box %.4f class %.4f) pos/img %.1f lr %.5f %.2f img/s %.3f s/step ETA %s",
-                     step, total, values["total"], values["box"], values["class"],
-                     values["num_pos"] / t.batch_size, lr, ips, sec_per_step,
-                     _format_eta(sec_per_step * (total - step)) if math.isfinite(sec_per_step) else "?")
+            log.info(
+                "step %d/%d loss %.4f (box %.4f class %.4f) pos/img %.1f lr %.5f %.2f img/s %.3f s/step ETA "
+                "%s",
+                step,
+                total,
+                values["total"],
+                values["box"],
+                values["class"],
+                values["num_pos"] / t.batch_size,
+                lr,
+                ips,
+                sec_per_step,
+                _format_eta(sec_per_step * (total - step)) if math.isfinite(sec_per_step) else "?",
+            )
             with writer.as_default():
                 for k in ("total", "box", "class"):
                     _scalar(f"loss/{k}", values[k], step)

@@ -21,7 +21,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,10 @@ class Drop:
 
 
 def path_safe(text: str) -> str:
-    """A file-name-safe form of a run id or drop id (`manual__2026-01-01T00:00:00+00:00` -> `manual__2026-01-01T00_00_00_00_00`)."""
+    """A file-name-safe form of a run id or drop id.
+
+    `manual__2026-01-01T00:00:00+00:00` -> `manual__2026-01-01T00_00_00_00_00`.
+    """
     safe = _UNSAFE.sub("_", str(text)).strip("._")
     if not safe:
         raise ValueError(f"{text!r} has no file-name-safe characters")
@@ -62,7 +65,7 @@ def path_safe(text: str) -> str:
 def _utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"{moment!r} is a naive datetime; pass an aware (UTC) datetime")
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 def find_ready_drops(incoming: str | os.PathLike[str], cutoff: datetime | None = None) -> list[Drop]:
@@ -86,7 +89,7 @@ def find_ready_drops(incoming: str | os.PathLike[str], cutoff: datetime | None =
             continue
         if not marker.is_file():
             continue
-        ready_at = datetime.fromtimestamp(mtime, tz=timezone.utc)
+        ready_at = datetime.fromtimestamp(mtime, tz=UTC)
         if limit is not None and ready_at >= limit:
             continue
         drops.append(Drop(drop_id=child.name, path=child.resolve(), ready_at=ready_at))
@@ -120,7 +123,7 @@ def cutoff_for_run(
         return _utc(run_after)
     if data_interval_end is not None:
         return _utc(data_interval_end)
-    return _utc(now or datetime.now(timezone.utc))
+    return _utc(now or datetime.now(UTC))
 
 
 def folder_result(folder: str | os.PathLike[str], *, source: str, version: str) -> dict[str, Any]:
@@ -154,7 +157,10 @@ def same_drop(found: dict[str, Any] | None, previous: dict[str, Any] | None) -> 
     """
     if not found or not isinstance(previous, dict) or found.get("source") != "incoming":
         return False
-    return (previous.get("drop_id"), previous.get("ready_at")) == (found.get("drop_id"), found.get("ready_at"))
+    return (previous.get("drop_id"), previous.get("ready_at")) == (
+        found.get("drop_id"),
+        found.get("ready_at"),
+    )
 
 
 def resolve_source(
@@ -213,5 +219,7 @@ def poke(context: Mapping[str, Any], *, data_root: str, runner: str) -> dict[str
         )
     if found is None:
         last = f" (the last run used {previous.get('drop_id')})" if isinstance(previous, dict) else ""
-        print(f"no new drop in {data_root}/incoming/ with a READY marker older than {cutoff.isoformat()}{last}")
+        print(
+            f"no new drop in {data_root}/incoming/ with a READY marker older than {cutoff.isoformat()}{last}"
+        )
     return found

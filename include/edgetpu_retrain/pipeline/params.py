@@ -27,7 +27,9 @@ SPLIT_PATTERN = rf"^{_RATIO},{_RATIO},{_RATIO}$"
 
 def config_sets(params: Mapping[str, Any]) -> dict[str, Any]:
     """Jinja filter: the `--set` overrides of a run (typed params first, config_overrides win)."""
-    sets = {key: params[name] for name, key in PARAM_CONFIG_KEYS.items() if params.get(name) not in (None, "")}
+    sets = {
+        key: params[name] for name, key in PARAM_CONFIG_KEYS.items() if params.get(name) not in (None, "")
+    }
     if str(sets.get("model.backbone_weights", "")).lower() in ("none", "null"):
         sets["model.backbone_weights"] = None  # random initialisation (no download)
     sets.update(params.get("config_overrides") or {})
@@ -97,7 +99,8 @@ def _model_params() -> dict[str, Param]:
             type="string",
             title="Backbone weights",
             description="A local .h5/.keras backbone weights file (inside the data root), 'imagenet' "
-            "(downloaded by the trainer), or 'none' (random init). Empty: the base model's default (imagenet).",
+            "(downloaded by the trainer), or 'none' (random init). Empty: the base model's default "
+            "(imagenet).",
         ),
         "config_overrides": Param(
             {},

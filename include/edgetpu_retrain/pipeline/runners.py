@@ -33,7 +33,7 @@ import shlex
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -47,10 +47,7 @@ INCLUDE_DIR = Path(__file__).resolve().parents[2]  # .../include (for PYTHONPATH
 
 # stdout goes to a temp file while stderr streams; then stdout is printed, so its last line (the
 # step's JSON) is the last line Airflow sees. "$@" is the command: nothing is re-parsed by a shell.
-WRAPPER = (
-    'out="$(mktemp)" || exit 1; trap \'rm -f "$out"\' EXIT; '
-    '"$@" >"$out"; rc=$?; cat "$out"; exit "$rc"'
-)
+WRAPPER = 'out="$(mktemp)" || exit 1; trap \'rm -f "$out"\' EXIT; "$@" >"$out"; rc=$?; cat "$out"; exit "$rc"'
 # The KubernetesPodOperator reads its XCom from a file, written whatever the exit code.
 K8S_WRAPPER = (
     'out="$(mktemp)" || exit 1; trap \'rm -f "$out"\' EXIT; '
@@ -257,7 +254,7 @@ class _StepMixin:
         """The step command after rendering: ``[verb, *args]`` (no executable)."""
         return [self.step_verb, *flatten_args(self.step_args)]
 
-    def execute(self, context):  # type: ignore[override]
+    def execute(self, context):
         from airflow.sdk.exceptions import AirflowSkipException
 
         if self.step_skip_unless is not None and _is_empty(self.step_skip_unless):
@@ -283,9 +280,16 @@ def _local_class():
         template_ext = ()  # an argument ending in .sh is a path, not a template file
         ui_color = "#e8f0fe"
 
-        def __init__(self, *, step_verb, step_args, step_gpu=None, step_skip_unless=None, step_settings, **kwargs):
-            self._init_step(verb=step_verb, args=step_args, gpu=step_gpu, skip_unless=step_skip_unless,
-                            settings=step_settings)
+        def __init__(
+            self, *, step_verb, step_args, step_gpu=None, step_skip_unless=None, step_settings, **kwargs
+        ):
+            self._init_step(
+                verb=step_verb,
+                args=step_args,
+                gpu=step_gpu,
+                skip_unless=step_skip_unless,
+                settings=step_settings,
+            )
             super().__init__(bash_command=self.display_command(), **kwargs)
 
         def display_command(self) -> str:
@@ -300,7 +304,7 @@ def _local_class():
     return LocalStepOperator
 
 
-def _container_step_base(operator: type) -> type:
+def _container_step_base(operator: Any) -> type:
     """`_StepMixin` on a container operator (docker, kubernetes): the step arguments plus `gpu_image`.
 
     `gpu_image` replaces the operator's image for a step that asks for a GPU. A class made per
@@ -312,10 +316,24 @@ def _container_step_base(operator: type) -> type:
         template_fields = (*operator.template_fields, *_StepMixin.step_template_fields)
         template_ext = ()
 
-        def __init__(self, *, step_verb, step_args, step_gpu=None, step_skip_unless=None, step_settings,
-                     gpu_image=None, **kwargs):
-            self._init_step(verb=step_verb, args=step_args, gpu=step_gpu, skip_unless=step_skip_unless,
-                            settings=step_settings)
+        def __init__(
+            self,
+            *,
+            step_verb,
+            step_args,
+            step_gpu=None,
+            step_skip_unless=None,
+            step_settings,
+            gpu_image=None,
+            **kwargs,
+        ):
+            self._init_step(
+                verb=step_verb,
+                args=step_args,
+                gpu=step_gpu,
+                skip_unless=step_skip_unless,
+                settings=step_settings,
+            )
             self.gpu_image = gpu_image
             super().__init__(**kwargs)
 
@@ -370,7 +388,7 @@ _CLASS_BUILDERS = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def operator_class(runner: str) -> type:
     """The operator class of a runner, built (and its provider imported) on first use."""
     name, build = _CLASS_BUILDERS[runner]
@@ -421,7 +439,9 @@ def step_task(
     gpu_image = settings.trainer_gpu_image if gpu is not None else None
     if settings.runner == "local":
         env = dict(settings.step_env())
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(INCLUDE_DIR), os.environ.get("PYTHONPATH", "")) if p)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(INCLUDE_DIR), os.environ.get("PYTHONPATH", "")) if p
+        )
         kwargs = dict(env=env, append_env=True, skip_on_exit_code=EXIT_NOTHING_TO_DO)
     elif settings.runner == "docker":
         from docker.types import Mount
@@ -454,7 +474,9 @@ def step_task(
             volumes=[
                 k8s.V1Volume(
                     name="edgetpu-data",
-                    persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(claim_name=settings.k8s_pvc),
+                    persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
+                        claim_name=settings.k8s_pvc
+                    ),
                 )
             ],
             volume_mounts=[k8s.V1VolumeMount(name="edgetpu-data", mount_path=settings.data_root)],

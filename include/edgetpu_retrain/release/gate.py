@@ -42,7 +42,7 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from edgetpu_retrain import common
 from edgetpu_retrain.common import UserError
@@ -69,21 +69,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--float-eval", help="evaluate JSON of the float model (for the quantization drop)")
     parser.add_argument("--tflite", required=True, help="the int8 .tflite to promote")
     tpu = parser.add_mutually_exclusive_group()
-    tpu.add_argument("--edgetpu-dir", help="output folder of the edgetpu step (preflight.json, *_edgetpu.tflite)")
-    tpu.add_argument("--preflight", help="preflight.json or the edgetpu step JSON (keys preflight/compiled/compiler)")
-    parser.add_argument("--compiled", help="compiled *_edgetpu.tflite (overrides the one named in the pre-flight JSON; "
-                        "'' or 'None' = not compiled)")
+    tpu.add_argument(
+        "--edgetpu-dir", help="output folder of the edgetpu step (preflight.json, *_edgetpu.tflite)"
+    )
+    tpu.add_argument(
+        "--preflight", help="preflight.json or the edgetpu step JSON (keys preflight/compiled/compiler)"
+    )
+    parser.add_argument(
+        "--compiled",
+        help="compiled *_edgetpu.tflite (overrides the one named in the pre-flight JSON; "
+        "'' or 'None' = not compiled)",
+    )
     parser.add_argument("--labels", help="labels file to ship with the model (copied under its own name)")
-    parser.add_argument("--dataset-manifest", help="dataset snapshot manifest.json (version, counts, classes)")
+    parser.add_argument(
+        "--dataset-manifest", help="dataset snapshot manifest.json (version, counts, classes)"
+    )
     parser.add_argument("--config", help="rendered training config (copied into the version folder)")
-    parser.add_argument("--training", help="train step JSON (steps_done, losses, images_per_sec) for the card")
-    parser.add_argument("--run-dir", help="source run folder recorded in the card (default: runs/<run_id> above --tflite)")
-    parser.add_argument("--tolerance", type=float, default=0.0,
-                        help="promote if new >= current - tolerance (metric units 0..1; default 0.0)")
+    parser.add_argument(
+        "--training", help="train step JSON (steps_done, losses, images_per_sec) for the card"
+    )
+    parser.add_argument(
+        "--run-dir", help="source run folder recorded in the card (default: runs/<run_id> above --tflite)"
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="promote if new >= current - tolerance (metric units 0..1; default 0.0)",
+    )
     parser.add_argument("--metric", choices=METRICS, default="map50", help="gate metric (default map50)")
-    parser.add_argument("--require-compiled", action="store_true",
-                        help="refuse promotion unless the Edge TPU compiled model exists")
-    parser.add_argument("--out", help="also write the decision JSON to this file (e.g. runs/<id>/promote.json)")
+    parser.add_argument(
+        "--require-compiled",
+        action="store_true",
+        help="refuse promotion unless the Edge TPU compiled model exists",
+    )
+    parser.add_argument(
+        "--out", help="also write the decision JSON to this file (e.g. runs/<id>/promote.json)"
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,14 +128,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     evaluated = int8_eval["data"].get("model")
     if isinstance(evaluated, str) and evaluated and Path(evaluated).resolve() != tflite:
-        log.warning("%s evaluated %s, but --tflite is %s: check both come from the same run",
-                    int8_eval["path"], evaluated, tflite)
+        log.warning(
+            "%s evaluated %s, but --tflite is %s: check both come from the same run",
+            int8_eval["path"],
+            evaluated,
+            tflite,
+        )
 
     model_root = Path(args.models_dir).resolve() / args.name
     model_root.mkdir(parents=True, exist_ok=True)
     with _locked(model_root / ".lock"):
-        return _promote_locked(args, model_root, tflite, int8_eval, float_eval, edgetpu, manifest,
-                               training, labels, config, run_dir)
+        return _promote_locked(
+            args,
+            model_root,
+            tflite,
+            int8_eval,
+            float_eval,
+            edgetpu,
+            manifest,
+            training,
+            labels,
+            config,
+            run_dir,
+        )
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -125,7 +162,7 @@ def default_run_dir(tflite: Path) -> Path:
     return tflite.parent
 
 
-def _is_number(value: Any) -> bool:
+def _is_number(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -139,27 +176,33 @@ def load_eval(path: str | os.PathLike[str], *, metric: str | None) -> dict[str, 
         value = data.get(key)
         if value == -1 and not isinstance(value, bool):  # COCOeval's "no ground truth"
             if key == metric:
-                raise UserError(f"{path}: {key!r} is -1 (COCOeval found no ground-truth boxes: is the test split "
-                                "empty?); add labeled test images, rebuild the dataset and re-run evaluate")
+                raise UserError(
+                    f"{path}: {key!r} is -1 (COCOeval found no ground-truth boxes: is the test split "
+                    "empty?); add labeled test images, rebuild the dataset and re-run evaluate"
+                )
             data[key] = None
         elif value is not None and not (_is_number(value) and 0.0 <= value <= 1.0):
             raise UserError(f"{path}: {key!r} is {value!r}, expected a number in 0..1; re-run evaluate")
     if metric is not None and not _is_number(data.get(metric)):
-        raise UserError(f"{path}: no {metric!r} number (the gate metric); re-run evaluate or pick --metric "
-                        f"{' or '.join(m for m in METRICS if m != metric)}")
+        raise UserError(
+            f"{path}: no {metric!r} number (the gate metric); re-run evaluate or pick --metric "
+            f"{' or '.join(m for m in METRICS if m != metric)}"
+        )
     return {"path": str(Path(path).resolve()), "data": data}
 
 
-
-def load_edgetpu(edgetpu_dir: str | None, preflight: str | None, compiled: str | None,
-                 tflite: Path) -> dict[str, Any]:
+def load_edgetpu(
+    edgetpu_dir: str | None, preflight: str | None, compiled: str | None, tflite: Path
+) -> dict[str, Any]:
     """Normalize the edgetpu step's outputs to {preflight: {ok, reasons}, compiled, compiler, source}."""
     if edgetpu_dir:
         folder = common.require_dir(edgetpu_dir, what="edgetpu step output")
         preflight_path = folder / "preflight.json"
         if not preflight_path.is_file():
-            raise UserError(f"{preflight_path}: file not found; run the edgetpu step into {folder} "
-                            "or pass --preflight FILE")
+            raise UserError(
+                f"{preflight_path}: file not found; run the edgetpu step into {folder} "
+                "or pass --preflight FILE"
+            )
     elif preflight:
         preflight_path = Path(preflight)
         folder = preflight_path.parent
@@ -167,15 +210,18 @@ def load_edgetpu(edgetpu_dir: str | None, preflight: str | None, compiled: str |
         preflight_path = tflite.parent / "preflight.json"
         folder = tflite.parent
         if not preflight_path.is_file():
-            raise UserError(f"{preflight_path}: no Edge TPU pre-flight result; run the edgetpu step and pass "
-                            "--edgetpu-dir DIR or --preflight FILE")
+            raise UserError(
+                f"{preflight_path}: no Edge TPU pre-flight result; run the edgetpu step and pass "
+                "--edgetpu-dir DIR or --preflight FILE"
+            )
     data = common.read_json(preflight_path)
     if not isinstance(data, dict):
         raise UserError(f"{preflight_path}: expected a JSON object with 'ok' and 'reasons'; re-run edgetpu")
     pre = data.get("preflight", data)
     if not isinstance(pre, dict) or not isinstance(pre.get("ok"), bool):
-        raise UserError(f"{preflight_path}: no boolean 'ok' (in 'preflight' or at the top level); "
-                        "re-run the edgetpu step")
+        raise UserError(
+            f"{preflight_path}: no boolean 'ok' (in 'preflight' or at the top level); re-run the edgetpu step"
+        )
     reasons = pre.get("reasons") or []
     if isinstance(reasons, str):
         reasons = [reasons]
@@ -192,18 +238,24 @@ def load_edgetpu(edgetpu_dir: str | None, preflight: str | None, compiled: str |
         if not common.is_none(compiled):
             compiled_path = Path(compiled).resolve()
             if not compiled_path.is_file():
-                raise UserError(f"{compiled_path}: compiled Edge TPU model not found; pass the edgetpu step's "
-                                "'compiled' path, or --compiled None if it did not compile")
+                raise UserError(
+                    f"{compiled_path}: compiled Edge TPU model not found; pass the edgetpu step's "
+                    "'compiled' path, or --compiled None if it did not compile"
+                )
     elif not common.is_none(data.get("compiled")):
         compiled_path = _resolve(str(data["compiled"]), preflight_path.parent)
         if not compiled_path.is_file():
-            raise UserError(f"{preflight_path}: 'compiled' names {compiled_path}, which does not exist; "
-                            "re-run the edgetpu step")
+            raise UserError(
+                f"{preflight_path}: 'compiled' names {compiled_path}, which does not exist; "
+                "re-run the edgetpu step"
+            )
     elif edgetpu_dir and "compiled" not in data:  # an explicit "compiled": null means "not compiled"
         found = sorted(folder.glob("*_edgetpu.tflite"))
         if len(found) > 1:
-            raise UserError(f"{folder}: several *_edgetpu.tflite files ({', '.join(p.name for p in found)}); "
-                            "pass --preflight FILE --compiled FILE")
+            raise UserError(
+                f"{folder}: several *_edgetpu.tflite files ({', '.join(p.name for p in found)}); "
+                "pass --preflight FILE --compiled FILE"
+            )
         compiled_path = found[0].resolve() if found else None
     return {
         "source": str(preflight_path.resolve()),
@@ -217,7 +269,9 @@ def load_edgetpu(edgetpu_dir: str | None, preflight: str | None, compiled: str |
 def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     data = common.read_json(path)
     if not isinstance(data, dict) or not isinstance(data.get("counts"), dict):
-        raise UserError(f"{path}: not a dataset manifest (no 'counts'); pass datasets/<name>/<version>/manifest.json")
+        raise UserError(
+            f"{path}: not a dataset manifest (no 'counts'); pass datasets/<name>/<version>/manifest.json"
+        )
     p = Path(path).resolve()
     counts = data["counts"]
     return {
@@ -245,8 +299,10 @@ def compiler_from_folder(folder: str | Path) -> dict[str, Any] | None:
     stdout = Path(folder) / COMPILER_STDOUT
     if not stdout.is_file():
         return None
-    return {**parse_compiler_log(stdout.read_text(encoding="utf-8", errors="replace")),
-            "stdout": str(stdout.resolve())}
+    return {
+        **parse_compiler_log(stdout.read_text(encoding="utf-8", errors="replace")),
+        "stdout": str(stdout.resolve()),
+    }
 
 
 def parse_compiler_log(text: str) -> dict[str, Any]:
@@ -266,7 +322,9 @@ def _read_log(value: str) -> str:
     return value
 
 
-def op_coverage(compiler: dict[str, Any] | None, preflight: dict[str, Any] | None = None) -> dict[str, Any] | None:
+def op_coverage(
+    compiler: dict[str, Any] | None, preflight: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """{tpu, cpu, total, subgraphs, cpu_ops, source} from the compiler figures, else the pre-flight estimate.
 
     Reads the edgetpu step's figures (`ops_on_tpu`, `ops_on_cpu`, `total_ops`, `tpu_subgraphs`, `op_table`,
@@ -278,7 +336,9 @@ def op_coverage(compiler: dict[str, Any] | None, preflight: dict[str, Any] | Non
     if isinstance(compiler, dict):
         for key, value in sorted(compiler.items()):
             if isinstance(value, str) and ("log" in key.lower() or "stdout" in key.lower()):
-                figures.update({k: v for k, v in parse_compiler_log(_read_log(value)).items() if k not in compiler})
+                figures.update(
+                    {k: v for k, v in parse_compiler_log(_read_log(value)).items() if k not in compiler}
+                )
         figures.update(compiler)
     cov: dict[str, Any] = {}
     for key, value in sorted(figures.items()):
@@ -297,15 +357,24 @@ def op_coverage(compiler: dict[str, Any] | None, preflight: dict[str, Any] | Non
             cov["tpu"] = value
         elif "total" in k or k in ("ops", "num_ops", "operations"):
             cov["total"] = value
-    rows = next((figures[k] for k in ("op_table", "operators", "ops_table") if isinstance(figures.get(k), list)), None)
+    rows = next(
+        (figures[k] for k in ("op_table", "operators", "ops_table") if isinstance(figures.get(k), list)), None
+    )
     if rows and all(isinstance(r, dict) for r in rows):
+
         def on_tpu(r: dict[str, Any]) -> bool:
             return bool(r["mapped"]) if "mapped" in r else str(r.get("status", "")).startswith("Mapped")
 
         cov.setdefault("tpu", sum(int(r.get("count", 0)) for r in rows if on_tpu(r)))
         cov.setdefault("total", sum(int(r.get("count", 0)) for r in rows))
-        cov.setdefault("cpu_ops", {str(r.get("op")): int(r.get("count", 0)) for r in sorted(
-            rows, key=lambda r: str(r.get("op"))) if not on_tpu(r)})
+        cov.setdefault(
+            "cpu_ops",
+            {
+                str(r.get("op")): int(r.get("count", 0))
+                for r in sorted(rows, key=lambda r: str(r.get("op")))
+                if not on_tpu(r)
+            },
+        )
     if "total" not in cov and "tpu" in cov and "cpu" in cov:
         cov["total"] = cov["tpu"] + cov["cpu"]
     if "cpu" not in cov and "tpu" in cov and "total" in cov:
@@ -313,8 +382,11 @@ def op_coverage(compiler: dict[str, Any] | None, preflight: dict[str, Any] | Non
     if "tpu" in cov or "cpu" in cov:
         cov["source"] = "compiler"
     elif isinstance(preflight, dict) and isinstance(preflight.get("expected_tpu_op_count"), int):
-        cov = {"tpu": preflight["expected_tpu_op_count"], "cpu": preflight.get("expected_cpu_op_count"),
-               "source": "pre-flight estimate"}
+        cov = {
+            "tpu": preflight["expected_tpu_op_count"],
+            "cpu": preflight.get("expected_cpu_op_count"),
+            "source": "pre-flight estimate",
+        }
         if isinstance(cov["cpu"], int):
             cov["total"] = cov["tpu"] + cov["cpu"]
         if isinstance(preflight.get("expected_cpu_ops"), dict):
@@ -354,8 +426,10 @@ def current_version(model_root: Path) -> str | None:
         return None
     target = Path(os.readlink(link))
     if not VERSION_RE.match(target.name) or not (model_root / "versions" / target.name).is_dir():
-        raise UserError(f"{link}: points at {target}, not an existing versions/NNNN; "
-                        "relink it (ln -sfn versions/NNNN current) or remove it")
+        raise UserError(
+            f"{link}: points at {target}, not an existing versions/NNNN; "
+            "relink it (ln -sfn versions/NNNN current) or remove it"
+        )
     return target.name
 
 
@@ -363,7 +437,9 @@ def read_card(model_root: Path, version: str) -> dict[str, Any]:
     path = model_root / "versions" / version / CARD_JSON
     card = common.read_json(path)
     if not isinstance(card, dict):
-        raise UserError(f"{path}: model card is not a JSON object; restore it from backup or remove the version")
+        raise UserError(
+            f"{path}: model card is not a JSON object; restore it from backup or remove the version"
+        )
     return card
 
 
@@ -376,8 +452,10 @@ def switch_current(model_root: Path, version: str) -> None:
     try:
         os.symlink(os.path.join("versions", version), tmp)
     except OSError as exc:
-        raise UserError(f"{tmp}: cannot create a symlink ({exc}); the models folder must be on a filesystem "
-                        "with symlinks (a Linux volume, not SMB/FAT)") from exc
+        raise UserError(
+            f"{tmp}: cannot create a symlink ({exc}); the models folder must be on a filesystem "
+            "with symlinks (a Linux volume, not SMB/FAT)"
+        ) from exc
     os.replace(tmp, link)
 
 
@@ -391,8 +469,10 @@ def _append_history(model_root: Path, entry: dict[str, Any]) -> None:
 
 
 def _artifacts(files: dict[str, Path]) -> dict[str, dict[str, Any]]:
-    return {name: {"sha256": common.sha256_file(src), "bytes": src.stat().st_size, "source": str(src)}
-            for name, src in sorted(files.items())}
+    return {
+        name: {"sha256": common.sha256_file(src), "bytes": src.stat().st_size, "source": str(src)}
+        for name, src in sorted(files.items())
+    }
 
 
 def _fingerprint(artifacts: dict[str, dict[str, Any]]) -> dict[str, str]:
@@ -442,14 +522,19 @@ def _fmt(value: Any, digits: int = 3) -> str:
 def render_card_md(card: dict[str, Any]) -> str:
     lines = [f"# Model card: {card['name']} version {card['version']}", ""]
     g = card["gate"]
-    lines += [f"Promoted from run `{card['source']['run_id']}` ({card['source']['run_dir']}).",
-              f"Gate: int8 {METRIC_NAMES[g['metric']]} {_fmt(g['new'])} vs current "
-              f"{_fmt(g['current']) if g['current'] is not None else '(none: first model)'}"
-              f", tolerance {g['tolerance']}.", ""]
+    lines += [
+        f"Promoted from run `{card['source']['run_id']}` ({card['source']['run_dir']}).",
+        f"Gate: int8 {METRIC_NAMES[g['metric']]} {_fmt(g['new'])} vs current "
+        f"{_fmt(g['current']) if g['current'] is not None else '(none: first model)'}"
+        f", tolerance {g['tolerance']}.",
+        "",
+    ]
     ds = card.get("dataset")
     lines += ["## Dataset", ""]
     if ds:
-        lines.append(f"- snapshot: {ds['name']}/{ds['version']} (manifest sha256 {ds['manifest_sha256'][:12]})")
+        lines.append(
+            f"- snapshot: {ds['name']}/{ds['version']} (manifest sha256 {ds['manifest_sha256'][:12]})"
+        )
         names = [str(c.get("name")) for c in ds.get("classes") or [] if isinstance(c, dict)]
         if names:
             lines.append(f"- classes ({len(names)}): {', '.join(names)}")
@@ -462,27 +547,38 @@ def render_card_md(card: dict[str, Any]) -> str:
     else:
         lines.append("- not recorded (no --dataset-manifest)")
     m = card["metrics"]
-    lines += ["", "## Accuracy (COCO, test split)", "", "| model | mAP@0.5 | mAP@[.5:.95] | images |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Accuracy (COCO, test split)",
+        "",
+        "| model | mAP@0.5 | mAP@[.5:.95] | images |",
+        "|---|---|---|---|",
+    ]
     for kind in ("float", "int8"):
         e = m.get(kind)
         if e:
-            lines.append(f"| {kind} | {_fmt(e.get('map50'))} | {_fmt(e.get('map'))} | {e.get('images', 'n/a')} |")
+            lines.append(
+                f"| {kind} | {_fmt(e.get('map50'))} | {_fmt(e.get('map'))} | {e.get('images', 'n/a')} |"
+            )
         else:
             lines.append(f"| {kind} | not evaluated | | |")
     d = m.get("quantization_drop")
     if d:
         lines.append("")
-        lines.append(f"Quantization drop (float - int8): mAP@0.5 {_fmt(d.get('map50'))}, "
-                     f"mAP@[.5:.95] {_fmt(d.get('map'))}.")
+        lines.append(
+            f"Quantization drop (float - int8): mAP@0.5 {_fmt(d.get('map50'))}, "
+            f"mAP@[.5:.95] {_fmt(d.get('map'))}."
+        )
     t = card["edgetpu"]
     lines += ["", "## Edge TPU", "", f"- pre-flight: {'ok' if t['preflight']['ok'] else 'NOT ok'}"]
     lines += [f"  - {r}" for r in t["preflight"]["reasons"]]
     lines.append(f"- compiled: {'yes' if t['compiled'] else 'no (runs on CPU only)'}")
     cov = t.get("op_coverage")
     if cov:
-        lines.append(f"- operations on Edge TPU: {cov.get('tpu', '?')}, on CPU: {cov.get('cpu', '?')}, "
-                     f"total: {cov.get('total', '?')} ({cov.get('source')})")
+        lines.append(
+            f"- operations on Edge TPU: {cov.get('tpu', '?')}, on CPU: {cov.get('cpu', '?')}, "
+            f"total: {cov.get('total', '?')} ({cov.get('source')})"
+        )
         if cov.get("cpu_ops"):
             lines.append("- on the CPU: " + ", ".join(f"{k} x{v}" for k, v in cov["cpu_ops"].items()))
     else:
@@ -496,13 +592,24 @@ def render_card_md(card: dict[str, Any]) -> str:
             if k in tr:
                 lines.append(f"- {k}: {tr[k]}")
     lines += ["", "## Files", ""]
-    lines += [f"- {n} ({a['bytes']} bytes, sha256 {a['sha256'][:12]})" for n, a in sorted(card["artifacts"].items())]
+    lines += [
+        f"- {n} ({a['bytes']} bytes, sha256 {a['sha256'][:12]})" for n, a in sorted(card["artifacts"].items())
+    ]
     return "\n".join(lines) + "\n"
 
 
-def _decision(promoted: bool, reason: str, args: argparse.Namespace, new: float, current: float | None,
-              version: str | None, current_ver: str | None, model_dir: Path, model_root: Path,
-              edgetpu: dict[str, Any]) -> dict[str, Any]:
+def _decision(
+    promoted: bool,
+    reason: str,
+    args: argparse.Namespace,
+    new: float,
+    current: float | None,
+    version: str | None,
+    current_ver: str | None,
+    model_dir: Path,
+    model_root: Path,
+    edgetpu: dict[str, Any],
+) -> dict[str, Any]:
     result = {
         "promoted": promoted,
         "reason": reason,
@@ -525,8 +632,9 @@ def _decision(promoted: bool, reason: str, args: argparse.Namespace, new: float,
     return result
 
 
-def _promote_locked(args, model_root, tflite, int8_eval, float_eval, edgetpu, manifest, training,
-                    labels, config, run_dir) -> dict[str, Any]:
+def _promote_locked(
+    args, model_root, tflite, int8_eval, float_eval, edgetpu, manifest, training, labels, config, run_dir
+) -> dict[str, Any]:
     metric = args.metric
     new = float(int8_eval["data"][metric])
     cur_ver = current_version(model_root)
@@ -534,8 +642,10 @@ def _promote_locked(args, model_root, tflite, int8_eval, float_eval, edgetpu, ma
     if cur_ver is not None:
         current = _metric(read_card(model_root, cur_ver), metric)
         if current is None:
-            raise UserError(f"{model_root / 'versions' / cur_ver / CARD_JSON}: no int8 {metric!r} in the current "
-                            "model card; fix the card or promote with the other --metric")
+            raise UserError(
+                f"{model_root / 'versions' / cur_ver / CARD_JSON}: no int8 {metric!r} in the current "
+                "model card; fix the card or promote with the other --metric"
+            )
 
     def reject(reason: str) -> dict[str, Any]:
         log.info("not promoted: %s (model stays in %s)", reason, run_dir)
@@ -546,8 +656,10 @@ def _promote_locked(args, model_root, tflite, int8_eval, float_eval, edgetpu, ma
         why = "; ".join(edgetpu["preflight"]["reasons"]) or "no reason given"
         return reject(f"Edge TPU pre-flight failed: {why}")
     if args.require_compiled and not edgetpu["compiled"]:
-        return reject("--require-compiled is set but the Edge TPU compiled model is missing "
-                      "(the compiler did not run or failed)")
+        return reject(
+            "--require-compiled is set but the Edge TPU compiled model is missing "
+            "(the compiler did not run or failed)"
+        )
 
     # Files to ship
     files: dict[str, Path] = {tflite.name: tflite}
@@ -572,19 +684,37 @@ def _promote_locked(args, model_root, tflite, int8_eval, float_eval, edgetpu, ma
     fingerprint = _fingerprint(artifacts)
 
     # Same artifacts as the current version: an idempotent re-run, whatever the gate says now
-    if cur_ver is not None and _fingerprint(read_card(model_root, cur_ver).get("artifacts") or {}) == fingerprint:
+    if (
+        cur_ver is not None
+        and _fingerprint(read_card(model_root, cur_ver).get("artifacts") or {}) == fingerprint
+    ):
         vdir = model_root / "versions" / cur_ver
         log.info("already promoted as version %s; nothing changed", cur_ver)
-        return _decision(True, f"already promoted as version {cur_ver} (same artifacts); nothing changed",
-                         args, new, current, cur_ver, cur_ver, vdir, model_root, edgetpu)
+        return _decision(
+            True,
+            f"already promoted as version {cur_ver} (same artifacts); nothing changed",
+            args,
+            new,
+            current,
+            cur_ver,
+            cur_ver,
+            vdir,
+            model_root,
+            edgetpu,
+        )
 
     # Gate 3: accuracy vs the current model
     label = f"int8 {METRIC_NAMES[metric]}"
     if current is not None and not new >= current - args.tolerance - EPS:
-        return reject(f"{label} {new:.4f} is below current version {cur_ver} ({current:.4f}) "
-                      f"minus tolerance {args.tolerance:g} (needs >= {current - args.tolerance:.4f})")
-    why = ("first model for this name" if current is None else
-           f"{label} {new:.4f} >= current version {cur_ver} ({current:.4f}) - tolerance {args.tolerance:g}")
+        return reject(
+            f"{label} {new:.4f} is below current version {cur_ver} ({current:.4f}) "
+            f"minus tolerance {args.tolerance:g} (needs >= {current - args.tolerance:.4f})"
+        )
+    why = (
+        "first model for this name"
+        if current is None
+        else f"{label} {new:.4f} >= current version {cur_ver} ({current:.4f}) - tolerance {args.tolerance:g}"
+    )
 
     # Same artifacts as an older version: switch back to it rather than copying them again
     for ver in reversed(versions(model_root)):
@@ -596,11 +726,31 @@ def _promote_locked(args, model_root, tflite, int8_eval, float_eval, edgetpu, ma
             continue
         vdir = model_root / "versions" / ver
         switch_current(model_root, ver)
-        _append_history(model_root, {"action": "switch", "version": ver, "previous_version": cur_ver,
-                                     "metric": metric, "new": new, "current": current,
-                                     "at": _now(), "run_dir": str(run_dir)})
-        return _decision(True, f"{why}; same artifacts as version {ver}, current switched back to it",
-                         args, new, current, ver, ver, vdir, model_root, edgetpu)
+        _append_history(
+            model_root,
+            {
+                "action": "switch",
+                "version": ver,
+                "previous_version": cur_ver,
+                "metric": metric,
+                "new": new,
+                "current": current,
+                "at": _now(),
+                "run_dir": str(run_dir),
+            },
+        )
+        return _decision(
+            True,
+            f"{why}; same artifacts as version {ver}, current switched back to it",
+            args,
+            new,
+            current,
+            ver,
+            ver,
+            vdir,
+            model_root,
+            edgetpu,
+        )
 
     existing = versions(model_root)
     version = f"{(int(existing[-1]) + 1) if existing else 1:04d}"
@@ -614,17 +764,33 @@ def _promote_locked(args, model_root, tflite, int8_eval, float_eval, edgetpu, ma
         "promoted_at": _now(),
         "previous_version": cur_ver,
         "source": {"run_dir": str(run_dir), "run_id": run_dir.name, "tflite": str(tflite)},
-        "gate": {"metric": metric, "new": new, "current": current, "tolerance": args.tolerance,
-                 "require_compiled": bool(args.require_compiled), "reason": why},
+        "gate": {
+            "metric": metric,
+            "new": new,
+            "current": current,
+            "tolerance": args.tolerance,
+            "require_compiled": bool(args.require_compiled),
+            "reason": why,
+        },
         "dataset": manifest,
-        "metrics": {"float": float_m, "int8": int8_m, "quantization_drop": quantization_drop(float_m, int8_m)},
-        "edgetpu": {"preflight": edgetpu["preflight"], "preflight_json": edgetpu["source"],
-                    "preflight_details": edgetpu["preflight_extra"] or None,
-                    "compiled": Path(edgetpu["compiled"]).name if edgetpu["compiled"] else None,
-                    "compiler": edgetpu["compiler"],
-                    "op_coverage": op_coverage(edgetpu["compiler"], edgetpu["preflight_extra"])},
-        "config": ({"file": config.name, "source": str(config), "sha256": common.sha256_file(config)}
-                   if config else None),
+        "metrics": {
+            "float": float_m,
+            "int8": int8_m,
+            "quantization_drop": quantization_drop(float_m, int8_m),
+        },
+        "edgetpu": {
+            "preflight": edgetpu["preflight"],
+            "preflight_json": edgetpu["source"],
+            "preflight_details": edgetpu["preflight_extra"] or None,
+            "compiled": Path(edgetpu["compiled"]).name if edgetpu["compiled"] else None,
+            "compiler": edgetpu["compiler"],
+            "op_coverage": op_coverage(edgetpu["compiler"], edgetpu["preflight_extra"]),
+        },
+        "config": (
+            {"file": config.name, "source": str(config), "sha256": common.sha256_file(config)}
+            if config
+            else None
+        ),
         "training": training,
         "artifacts": artifacts,
     }
@@ -636,16 +802,26 @@ def _promote_locked(args, model_root, tflite, int8_eval, float_eval, edgetpu, ma
         (tmp / CARD_JSON).write_text(common.dumps_json(card), encoding="utf-8")
         (tmp / CARD_MD).write_text(render_card_md(card), encoding="utf-8")
     switch_current(model_root, version)
-    _append_history(model_root, {"action": "promote", "version": version, "previous_version": cur_ver,
-                                 "metric": metric, "new": new, "current": current,
-                                 "at": card["promoted_at"], "run_dir": str(run_dir)})
+    _append_history(
+        model_root,
+        {
+            "action": "promote",
+            "version": version,
+            "previous_version": cur_ver,
+            "metric": metric,
+            "new": new,
+            "current": current,
+            "at": card["promoted_at"],
+            "run_dir": str(run_dir),
+        },
+    )
     log.info("promoted %s as version %s: %s", args.name, version, why)
     return _decision(True, why, args, new, current, version, version, vdir, model_root, edgetpu)
 
 
 def _now() -> str:
-    """The one timestamp in a card (a manifest-style field); SOURCE_DATE_EPOCH pins it for reproducible builds."""
+    """The one timestamp in a card (a manifest-style field); SOURCE_DATE_EPOCH pins it for reproducible
+    builds."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    moment = (_dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc) if epoch
-              else _dt.datetime.now(_dt.timezone.utc))
+    moment = _dt.datetime.fromtimestamp(int(epoch), _dt.UTC) if epoch else _dt.datetime.now(_dt.UTC)
     return moment.replace(microsecond=0).isoformat()

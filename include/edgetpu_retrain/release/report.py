@@ -26,24 +26,45 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from edgetpu_retrain import common
 from edgetpu_retrain.common import UserError
 
 log = logging.getLogger(__name__)
 
-STEPS = ("validate", "dataset", "config", "train", "export", "tflite", "edgetpu",
-         "evaluate-float", "evaluate-int8", "promote")
+STEPS = (
+    "validate",
+    "dataset",
+    "config",
+    "train",
+    "export",
+    "tflite",
+    "edgetpu",
+    "evaluate-float",
+    "evaluate-int8",
+    "promote",
+)
 ALIASES = {
-    "build-dataset": "dataset", "render-config": "config", "eval-float": "evaluate-float",
-    "float-eval": "evaluate-float", "eval-int8": "evaluate-int8", "int8-eval": "evaluate-int8",
-    "evaluate": "evaluate-int8", "eval": "evaluate-int8", "compile": "edgetpu", "preflight": "edgetpu",
+    "build-dataset": "dataset",
+    "render-config": "config",
+    "eval-float": "evaluate-float",
+    "float-eval": "evaluate-float",
+    "eval-int8": "evaluate-int8",
+    "int8-eval": "evaluate-int8",
+    "evaluate": "evaluate-int8",
+    "eval": "evaluate-int8",
+    "compile": "edgetpu",
+    "preflight": "edgetpu",
     "training": "train",
 }
 WELL_KNOWN: dict[str, tuple[str, ...]] = {
-    "validate": ("validate.json", "validation_report.json", "validation/validation_report.json",
-                 "validate/validation_report.json"),
+    "validate": (
+        "validate.json",
+        "validation_report.json",
+        "validation/validation_report.json",
+        "validate/validation_report.json",
+    ),
     "dataset": ("dataset.json", "build-dataset.json", "manifest.json", "dataset/manifest.json"),
     "config": ("config.json", "render-config.json", "config.yaml", "config.yml", "pipeline.yaml"),
     "train": ("train.json", "training.json", "train/train_result.json", "train/train.json"),
@@ -51,13 +72,26 @@ WELL_KNOWN: dict[str, tuple[str, ...]] = {
     "tflite": ("tflite.json", "model_int8.tflite", "tflite/model_int8.tflite"),
     "edgetpu": ("edgetpu.json", "edgetpu/preflight.json", "preflight.json"),
     "evaluate-float": ("evaluate-float.json", "eval_float.json", "eval-float.json", "eval/float.json"),
-    "evaluate-int8": ("evaluate-int8.json", "eval_int8.json", "eval-int8.json", "eval.json", "eval/int8.json"),
+    "evaluate-int8": (
+        "evaluate-int8.json",
+        "eval_int8.json",
+        "eval-int8.json",
+        "eval.json",
+        "eval/int8.json",
+    ),
     "promote": ("promote.json",),
 }
 TITLES = {
-    "validate": "Labeled data check", "dataset": "Dataset", "config": "Training config", "train": "Training",
-    "export": "Export", "tflite": "TFLite conversion", "edgetpu": "Edge TPU",
-    "evaluate-float": "Accuracy (float)", "evaluate-int8": "Accuracy (int8)", "promote": "Promotion",
+    "validate": "Labeled data check",
+    "dataset": "Dataset",
+    "config": "Training config",
+    "train": "Training",
+    "export": "Export",
+    "tflite": "TFLite conversion",
+    "edgetpu": "Edge TPU",
+    "evaluate-float": "Accuracy (float)",
+    "evaluate-int8": "Accuracy (int8)",
+    "promote": "Promotion",
 }
 # A float -> int8 mAP@0.5 drop above this gets a "what to do" line.
 BIG_DROP = 0.05
@@ -67,9 +101,15 @@ BIG_DROP = 0.05
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", required=True, help="the run folder (runs/<run_id>)")
     parser.add_argument("--out", required=True, help="folder for report.md and report.json")
-    parser.add_argument("--step", "--step-json", dest="steps", action="append", default=[], metavar="NAME=VALUE",
-                        help="a step's JSON line (inline JSON) or a JSON file; repeatable. "
-                             f"NAME: {', '.join(STEPS)}")
+    parser.add_argument(
+        "--step",
+        "--step-json",
+        dest="steps",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help=f"a step's JSON line (inline JSON) or a JSON file; repeatable. NAME: {', '.join(STEPS)}",
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,15 +127,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             entry = found if found["status"] != "not run" else entry
         steps[name] = normalize(name, entry)
     summary = summarize(steps)
-    data = {"report_version": 1, "run_id": run_dir.name, "run_dir": str(run_dir), "summary": summary,
-            "steps": steps}
+    data = {
+        "report_version": 1,
+        "run_id": run_dir.name,
+        "run_dir": str(run_dir),
+        "summary": summary,
+        "steps": steps,
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     md = common.write_text(out / "report.md", render_md(data)).resolve()
     js = common.write_json(out / "report.json", data).resolve()
     log.info("report: %s", summary)
-    return {"report": str(md), "report_json": str(js), "summary": summary,
-            "steps_run": sorted(n for n, s in steps.items() if s["status"] == "done")}
+    return {
+        "report": str(md),
+        "report_json": str(js),
+        "summary": summary,
+        "steps_run": sorted(n for n, s in steps.items() if s["status"] == "done"),
+    }
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -112,10 +161,11 @@ def parse_step_args(values: list[str]) -> dict[str, str]:
     for value in values:
         name, sep, rest = value.partition("=")
         if not sep:
-            raise UserError(f"--step {value!r}: expected NAME=JSON or NAME=FILE, e.g. --step train=runs/r1/train.json")
+            raise UserError(
+                f"--step {value!r}: expected NAME=JSON or NAME=FILE, e.g. --step train=runs/r1/train.json"
+            )
         out[canonical_step(name)] = rest
     return out
-
 
 
 def load_explicit(name: str, value: str) -> dict[str, Any]:
@@ -137,8 +187,10 @@ def load_explicit(name: str, value: str) -> dict[str, Any]:
             data = _python_literal(text)  # a Jinja-rendered dict without `| tojson` ({'ok': True, ...})
             if data is not None:
                 return {"status": "done", "source": "inline", "data": data, "base": None}
-            raise UserError(f"--step {name}: the value is not valid JSON ({exc}); pass the step's JSON line "
-                            "unchanged (e.g. Jinja `| tojson`) or a file path") from exc
+            raise UserError(
+                f"--step {name}: the value is not valid JSON ({exc}); pass the step's JSON line "
+                "unchanged (e.g. Jinja `| tojson`) or a file path"
+            ) from exc
         if not isinstance(data, dict):
             raise UserError(f"--step {name}: expected a JSON object (the step's JSON line); fix the value")
         return {"status": "done", "source": "inline", "data": data, "base": None}
@@ -171,8 +223,10 @@ def _load_path(name: str, path: Path, *, explicit: bool) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         if explicit:
-            raise UserError(f"{path}: --step {name} file is not valid JSON ({exc}); re-run the {name} step "
-                            "or pass its JSON line") from exc
+            raise UserError(
+                f"{path}: --step {name} file is not valid JSON ({exc}); re-run the {name} step "
+                "or pass its JSON line"
+            ) from exc
         log.warning("%s: unreadable (%s)", path, exc)
         return {"status": "unreadable", "source": str(path), "note": f"not valid JSON: {exc}"}
     if not isinstance(data, dict):
@@ -204,7 +258,7 @@ def _read_json_quiet(path: Any, base: str | None) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _num(value: Any) -> bool:
+def _num(value: Any) -> TypeGuard[int | float]:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -249,7 +303,7 @@ def normalize(name: str, entry: dict[str, Any]) -> dict[str, Any]:
 def _validate(data: dict[str, Any], base: str | None) -> dict[str, Any]:
     report = data if isinstance(data.get("files"), list) else _read_json_quiet(data.get("report"), base)
     info: dict[str, Any] = {k: data[k] for k in ("accepted", "rejected", "warnings", "report") if k in data}
-    summary = report.get("summary") if report and isinstance(report.get("summary"), dict) else {}
+    summary: dict[str, Any] = report["summary"] if report and isinstance(report.get("summary"), dict) else {}
     for key in ("objects_accepted", "objects_dropped", "background_images"):
         if summary.get(key) is not None:
             info[key] = summary[key]
@@ -262,13 +316,23 @@ def _validate(data: dict[str, Any], base: str | None) -> dict[str, Any]:
         issues: dict[tuple[str, str], dict[str, Any]] = {}
         for f in files:
             for issue in f.get("issues") or []:
-                key = (str(issue.get("severity", "?")), str(issue.get("code", "?")))
-                row = issues.setdefault(key, {"severity": key[0], "code": key[1], "count": 0,
-                                              "example": f.get("xml") or f.get("image"),
-                                              "message": issue.get("message"), "fix": issue.get("fix")})
+                issue_key = (str(issue.get("severity", "?")), str(issue.get("code", "?")))
+                row = issues.setdefault(
+                    issue_key,
+                    {
+                        "severity": issue_key[0],
+                        "code": issue_key[1],
+                        "count": 0,
+                        "example": f.get("xml") or f.get("image"),
+                        "message": issue.get("message"),
+                        "fix": issue.get("fix"),
+                    },
+                )
                 row["count"] += 1
         order = {"error": 0, "warning": 1, "info": 2}
-        info["issues"] = sorted(issues.values(), key=lambda r: (order.get(r["severity"], 3), -r["count"], r["code"]))
+        info["issues"] = sorted(
+            issues.values(), key=lambda r: (order.get(r["severity"], 3), -r["count"], r["code"])
+        )
         info["warnings"] = sum(r["count"] for r in info["issues"] if r["severity"] == "warning")
     return info
 
@@ -278,24 +342,44 @@ def _dataset(data: dict[str, Any], base: str | None) -> dict[str, Any]:
     manifest = (_read_json_quiet(ref, base) or {}) if isinstance(ref, str) else data
     mdir = str(Path(ref).parent) if isinstance(ref, str) else base
     counts = data.get("counts") or manifest.get("counts") or {}
-    classes = [c.get("name") for c in manifest.get("classes") or data.get("classes") or [] if isinstance(c, dict)]
-    info = {"counts": counts, "classes": classes, "split": manifest.get("split"), "seed": manifest.get("seed"),
-            "dataset_dir": data.get("dataset_dir") or mdir}
+    classes = [
+        c.get("name") for c in manifest.get("classes") or data.get("classes") or [] if isinstance(c, dict)
+    ]
+    info: dict[str, Any] = {
+        "counts": counts,
+        "classes": classes,
+        "split": manifest.get("split"),
+        "seed": manifest.get("seed"),
+        "dataset_dir": data.get("dataset_dir") or mdir,
+    }
     if info["dataset_dir"]:
         p = Path(info["dataset_dir"])
         info["snapshot"] = f"{p.parent.name}/{p.name}"
     return info
 
 
-CONFIG_KEYS = ("base_model", "input_size", "num_steps", "steps", "epochs", "batch_size", "learning_rate",
-               "num_classes")
+CONFIG_KEYS = (
+    "base_model",
+    "input_size",
+    "num_steps",
+    "steps",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "num_classes",
+)
 
 
 def _find_keys(obj: Any, keys: tuple[str, ...], found: dict[str, Any]) -> None:
     if isinstance(obj, dict):
         for k in sorted(obj, key=str):
             v = obj[k]
-            if k in keys and k not in found and isinstance(v, (str, int, float, bool, list)) and v is not None:
+            if (
+                k in keys
+                and k not in found
+                and isinstance(v, (str, int, float, bool, list))
+                and v is not None
+            ):
                 found[k] = v
             _find_keys(v, keys, found)
 
@@ -332,8 +416,11 @@ def _loss_summary(losses: Any) -> dict[str, Any] | None:
 
 
 def _train(data: dict[str, Any], base: str | None) -> dict[str, Any]:
-    info = {k: data[k] for k in ("steps_done", "images_per_sec", "checkpoint", "seconds", "resumed_from")
-            if k in data}
+    info: dict[str, Any] = {
+        k: data[k]
+        for k in ("steps_done", "images_per_sec", "checkpoint", "seconds", "resumed_from")
+        if k in data
+    }
     loss = _loss_summary(data.get("losses", data.get("loss")))
     if loss:
         info["losses"] = loss
@@ -341,8 +428,11 @@ def _train(data: dict[str, Any], base: str | None) -> dict[str, Any]:
 
 
 def _export(data: dict[str, Any], base: str | None) -> dict[str, Any]:
-    path = data.get("saved_model") or data.get("path") or next(
-        (s for s in _strings(data) if Path(s).is_dir()), None)
+    path = (
+        data.get("saved_model")
+        or data.get("path")
+        or next((s for s in _strings(data) if Path(s).is_dir()), None)
+    )
     return {"saved_model": path, "bytes": _size(path) if isinstance(path, str) else None}
 
 
@@ -363,33 +453,45 @@ def edgetpu_advice(reasons: list[str], compiled: Any, coverage: dict[str, Any] |
     if any("fix:" in r.lower() for r in reasons):
         advice.append("Apply the fix given with each reason above, then re-run the tflite and edgetpu steps.")
     if re.search(r"version '?\d+'? is newer|op version|opcode .*version|version .*(not|cannot).*pars", text):
-        advice.append("An op version is newer than Edge TPU compiler 16 accepts: convert with the pinned "
-                      "converter settings (preflight.json lists each op's highest accepted version) and re-run "
-                      "tflite and edgetpu.")
-    if re.search(r"not (fully )?(8-bit |int8 )?quantized|float32|float16|\bfloat (input|output|tensor|weight)", text):
-        advice.append("The model is not fully int8: re-run the tflite step with a representative dataset "
-                      "(full-integer quantization, uint8 input).")
+        advice.append(
+            "An op version is newer than Edge TPU compiler 16 accepts: convert with the pinned "
+            "converter settings (preflight.json lists each op's highest accepted version) and re-run "
+            "tflite and edgetpu."
+        )
+    if re.search(
+        r"not (fully )?(8-bit |int8 )?quantized|float32|float16|\bfloat (input|output|tensor|weight)", text
+    ):
+        advice.append(
+            "The model is not fully int8: re-run the tflite step with a representative dataset "
+            "(full-integer quantization, uint8 input)."
+        )
     if re.search(r"dynamic|static shape|batch (size|dimension)", text):
         advice.append("Shapes must be static with batch 1: export with a fixed input size.")
     if re.search(r"\bdimensions?\b|\brank\b", text):
         advice.append("A tensor has more than 3 non-1 dimensions: reshape it in the model head.")
     if reasons and not advice:
-        advice.append("Fix the reasons above in the model or conversion settings and re-run tflite and edgetpu.")
+        advice.append(
+            "Fix the reasons above in the model or conversion settings and re-run tflite and edgetpu."
+        )
     if not reasons and not compiled:
-        advice.append("The pre-flight passed but nothing was compiled: the Edge TPU compiler runs on x86-64 "
-                      "Linux only; run the edgetpu step in the compiler image (package edgetpu-compiler).")
+        advice.append(
+            "The pre-flight passed but nothing was compiled: the Edge TPU compiler runs on x86-64 "
+            "Linux only; run the edgetpu step in the compiler image (package edgetpu-compiler)."
+        )
     if coverage and coverage.get("subgraphs") == 0:
         advice.append("No op runs on the Edge TPU: the model is effectively CPU-only; check quantization.")
     elif coverage and isinstance(coverage.get("cpu"), int) and coverage["cpu"] > 3:
-        advice.append(f"{coverage['cpu']} ops run on the CPU (only the SSD post-processing tail, about 3 ops, "
-                      "is expected there): the first unsupported op sends everything after it to the CPU.")
+        advice.append(
+            f"{coverage['cpu']} ops run on the CPU (only the SSD post-processing tail, about 3 ops, "
+            "is expected there): the first unsupported op sends everything after it to the CPU."
+        )
     return advice
 
 
 def _edgetpu(data: dict[str, Any], base: str | None) -> dict[str, Any]:
     from edgetpu_retrain.release.gate import compiler_from_folder, op_coverage
 
-    pre = data.get("preflight") if isinstance(data.get("preflight"), dict) else data
+    pre: dict[str, Any] = data["preflight"] if isinstance(data.get("preflight"), dict) else data
     if not isinstance(pre.get("ok"), bool) and isinstance(data.get("preflight"), str):
         pre = _read_json_quiet(data["preflight"], base) or {}
         pre = pre.get("preflight", pre) if isinstance(pre.get("preflight", pre), dict) else {}
@@ -407,14 +509,21 @@ def _edgetpu(data: dict[str, Any], base: str | None) -> dict[str, Any]:
         if compiler is None:
             compiler = compiler_from_folder(folder)
     coverage = op_coverage(compiler, pre)
-    return {"preflight_ok": ok, "reasons": reasons, "compiled": compiled,
-            "compiled_bytes": _size(compiled) if isinstance(compiled, str) else None,
-            "compiler": compiler, "op_coverage": coverage,
-            "advice": edgetpu_advice(reasons, compiled, coverage) if ok is not None else []}
+    return {
+        "preflight_ok": ok,
+        "reasons": reasons,
+        "compiled": compiled,
+        "compiled_bytes": _size(compiled) if isinstance(compiled, str) else None,
+        "compiler": compiler,
+        "op_coverage": coverage,
+        "advice": edgetpu_advice(reasons, compiled, coverage) if ok is not None else [],
+    }
 
 
 def _evaluate(data: dict[str, Any], base: str | None) -> dict[str, Any]:
-    info = {k: data[k] for k in ("map", "map50", "images", "latency_ms", "model", "split") if k in data}
+    info: dict[str, Any] = {
+        k: data[k] for k in ("map", "map50", "images", "latency_ms", "model", "split") if k in data
+    }
     per_class = data.get("per_class")
     if isinstance(per_class, dict):
         info["per_class"] = {str(k): v for k, v in per_class.items() if isinstance(v, dict)}
@@ -424,13 +533,32 @@ def _evaluate(data: dict[str, Any], base: str | None) -> dict[str, Any]:
 
 
 def _promote(data: dict[str, Any], base: str | None) -> dict[str, Any]:
-    return {k: data.get(k) for k in ("promoted", "reason", "metric", "new", "current", "version",
-                                     "model_dir", "current_version", "tolerance")}
+    return {
+        k: data.get(k)
+        for k in (
+            "promoted",
+            "reason",
+            "metric",
+            "new",
+            "current",
+            "version",
+            "model_dir",
+            "current_version",
+            "tolerance",
+        )
+    }
 
 
 NORMALIZERS = {
-    "validate": _validate, "dataset": _dataset, "config": _config, "train": _train, "export": _export,
-    "tflite": _tflite, "edgetpu": _edgetpu, "evaluate-float": _evaluate, "evaluate-int8": _evaluate,
+    "validate": _validate,
+    "dataset": _dataset,
+    "config": _config,
+    "train": _train,
+    "export": _export,
+    "tflite": _tflite,
+    "edgetpu": _edgetpu,
+    "evaluate-float": _evaluate,
+    "evaluate-int8": _evaluate,
     "promote": _promote,
 }
 
@@ -476,7 +604,9 @@ def summarize(steps: dict[str, dict[str, Any]]) -> str:
         elif t.get("compiled"):
             cov = t.get("op_coverage") or {}
             est = " (pre-flight estimate)" if cov.get("source") != "compiler" else ""
-            ops = f", {cov['tpu']}/{cov['total']} ops on TPU{est}" if "tpu" in cov and cov.get("total") else ""
+            ops = (
+                f", {cov['tpu']}/{cov['total']} ops on TPU{est}" if "tpu" in cov and cov.get("total") else ""
+            )
             parts.append(f"Edge TPU: compiled{ops}")
         else:
             parts.append("Edge TPU: pre-flight ok, not compiled")
@@ -484,8 +614,11 @@ def summarize(steps: dict[str, dict[str, Any]]) -> str:
         parts.append("Edge TPU: not run")
     p = steps["promote"]
     if p["status"] == "done":
-        parts.append(f"promoted as version {p.get('version')}" if p.get("promoted")
-                     else f"not promoted: {p.get('reason')}")
+        parts.append(
+            f"promoted as version {p.get('version')}"
+            if p.get("promoted")
+            else f"not promoted: {p.get('reason')}"
+        )
     else:
         parts.append("promotion: not run")
     done = sum(1 for s in steps.values() if s["status"] == "done")
@@ -496,8 +629,16 @@ def summarize(steps: dict[str, dict[str, Any]]) -> str:
 
 def render_md(report: dict[str, Any]) -> str:
     steps = report["steps"]
-    L = [f"# Run report: {report['run_id']}", "", f"**In short:** {report['summary'].rstrip('.')}.", "",
-         f"Run folder: `{report['run_dir']}`", "", "| step | status |", "|---|---|"]
+    L = [
+        f"# Run report: {report['run_id']}",
+        "",
+        f"**In short:** {report['summary'].rstrip('.')}.",
+        "",
+        f"Run folder: `{report['run_dir']}`",
+        "",
+        "| step | status |",
+        "|---|---|",
+    ]
     L += [f"| {TITLES[n]} | {steps[n]['status']} |" for n in STEPS]
 
     def section(name: str, title: str | None = None) -> dict[str, Any] | None:
@@ -506,8 +647,11 @@ def render_md(report: dict[str, Any]) -> str:
         if s["status"] == "done" and s.get("note"):
             L.append(f"({s['note']})")
         if s["status"] != "done":
-            L.append({"not run": "Not run.", "skipped": f"Skipped: {s.get('note')}."}.get(
-                s["status"], f"Result unreadable: {s.get('note')}."))
+            L.append(
+                {"not run": "Not run.", "skipped": f"Skipped: {s.get('note')}."}.get(
+                    s["status"], f"Result unreadable: {s.get('note')}."
+                )
+            )
             if s.get("note") and s["status"] == "not run":
                 L.append(f"({s['note']})")
             return None
@@ -516,13 +660,17 @@ def render_md(report: dict[str, Any]) -> str:
     s = section("validate")
     if s:
         w = s.get("warnings", 0)
-        L.append(f"{s.get('accepted', '?')} labeled images accepted, {s.get('rejected', '?')} rejected, "
-                 f"{w} warning{'' if w == 1 else 's'}.")
+        L.append(
+            f"{s.get('accepted', '?')} labeled images accepted, {s.get('rejected', '?')} rejected, "
+            f"{w} warning{'' if w == 1 else 's'}."
+        )
         if _num(s.get("objects_accepted")):
-            L.append(f"{s['objects_accepted']} labeled objects kept"
-                     + (f", {s['objects_dropped']} boxes dropped" if s.get("objects_dropped") else "")
-                     + (f", {s['background_images']} images without objects" if s.get("background_images") else "")
-                     + ".")
+            L.append(
+                f"{s['objects_accepted']} labeled objects kept"
+                + (f", {s['objects_dropped']} boxes dropped" if s.get("objects_dropped") else "")
+                + (f", {s['background_images']} images without objects" if s.get("background_images") else "")
+                + "."
+            )
         if s.get("validation_status", "ok") != "ok":
             L.append(f"Validation status: {s['validation_status']}.")
         if s.get("rejected"):
@@ -531,15 +679,20 @@ def render_md(report: dict[str, Any]) -> str:
             L.append("Every labeled image passed the checks.")
         for r in (s.get("issues") or [])[:10]:
             msg = str(r.get("message") or "").rstrip(".")
-            L.append(f"- {r['severity']} `{r['code']}` in {r['count']} file{'s' if r['count'] != 1 else ''} "
-                     f"(e.g. {Path(str(r['example'])).name}): {msg}" + (f". Fix: {r['fix']}" if r.get("fix") else ""))
+            L.append(
+                f"- {r['severity']} `{r['code']}` in {r['count']} file{'s' if r['count'] != 1 else ''} "
+                f"(e.g. {Path(str(r['example'])).name}): {msg}"
+                + (f". Fix: {r['fix']}" if r.get("fix") else "")
+            )
         if s.get("report"):
             L.append(f"Full per-file report: `{s['report']}`.")
     s = section("dataset")
     if s:
         if s.get("snapshot"):
-            L.append(f"Snapshot `{s['snapshot']}`; classes: {', '.join(map(str, s['classes'])) or 'n/a'}; "
-                     f"split {s.get('split')}, seed {s.get('seed')}.")
+            L.append(
+                f"Snapshot `{s['snapshot']}`; classes: {', '.join(map(str, s['classes'])) or 'n/a'}; "
+                f"split {s.get('split')}, seed {s.get('seed')}."
+            )
         L += ["", "| split | images | objects |", "|---|---|---|"]
         for split in ("train", "val", "test"):
             c = (s.get("counts") or {}).get(split)
@@ -554,8 +707,10 @@ def render_md(report: dict[str, Any]) -> str:
         L += [f"- {k}: {v}" for k, v in sorted(s.get("settings", {}).items())]
     s = section("train")
     if s:
-        L.append(f"Trained {s.get('steps_done', '?')} steps"
-                 + (f" at {_f(s['images_per_sec'], 1)} images/s." if _num(s.get("images_per_sec")) else "."))
+        L.append(
+            f"Trained {s.get('steps_done', '?')} steps"
+            + (f" at {_f(s['images_per_sec'], 1)} images/s." if _num(s.get("images_per_sec")) else ".")
+        )
         for k, v in sorted((s.get("losses") or {}).items()):
             if "first" in v:
                 L.append(f"- loss {k}: {_f(v['first'], 4)} -> {_f(v['last'], 4)}")
@@ -573,8 +728,16 @@ def render_md(report: dict[str, Any]) -> str:
     s = section("edgetpu")
     if s:
         ok = s.get("preflight_ok")
-        L.append("Verdict: " + ("the model passes the Edge TPU pre-flight." if ok else
-                                "the model can NOT run on the Edge TPU as is." if ok is False else "unknown."))
+        L.append(
+            "Verdict: "
+            + (
+                "the model passes the Edge TPU pre-flight."
+                if ok
+                else "the model can NOT run on the Edge TPU as is."
+                if ok is False
+                else "unknown."
+            )
+        )
         L += [f"- reason: {r}" for r in s.get("reasons", [])]
         if s.get("compiled"):
             L.append(f"Compiled model: `{s['compiled']}` ({_mib(s.get('compiled_bytes'))}).")
@@ -582,12 +745,19 @@ def render_md(report: dict[str, Any]) -> str:
             L.append("No compiled model (compiler not run or failed).")
         cov = s.get("op_coverage")
         if cov:
-            est = " (pre-flight estimate; the compiler did not run)" if cov.get("source") != "compiler" else ""
-            L.append(f"Operations on the Edge TPU: {cov.get('tpu', '?')}; on the CPU: {cov.get('cpu', '?')}; "
-                     f"total {cov.get('total', '?')}{est}.")
+            est = (
+                " (pre-flight estimate; the compiler did not run)" if cov.get("source") != "compiler" else ""
+            )
+            L.append(
+                f"Operations on the Edge TPU: {cov.get('tpu', '?')}; on the CPU: {cov.get('cpu', '?')}; "
+                f"total {cov.get('total', '?')}{est}."
+            )
             if cov.get("cpu_ops"):
-                L.append("On the CPU: " + ", ".join(f"{k} x{v}" for k, v in cov["cpu_ops"].items())
-                         + " (expected there: only the SSD post-processing tail, CUSTOM + DEQUANTIZE).")
+                L.append(
+                    "On the CPU: "
+                    + ", ".join(f"{k} x{v}" for k, v in cov["cpu_ops"].items())
+                    + " (expected there: only the SSD post-processing tail, CUSTOM + DEQUANTIZE)."
+                )
         if s.get("advice"):
             L.append("")
             L.append("What to do:")
@@ -597,22 +767,33 @@ def render_md(report: dict[str, Any]) -> str:
     if f["status"] != "done" and q["status"] != "done":
         L.append("Not run.")
     else:
-        L += ["COCO mAP on the test split (higher is better, 0..1).", "",
-              "| model | mAP@0.5 | mAP@[.5:.95] | images | latency |", "|---|---|---|---|---|"]
+        L += [
+            "COCO mAP on the test split (higher is better, 0..1).",
+            "",
+            "| model | mAP@0.5 | mAP@[.5:.95] | images | latency |",
+            "|---|---|---|---|---|",
+        ]
         for label, e in (("float", f), ("int8", q)):
             if e["status"] == "done":
                 lat = f"{_f(e['latency_ms'], 1)} ms" if _num(e.get("latency_ms")) else "n/a"
-                L.append(f"| {label} | {_f(e.get('map50'))} | {_f(e.get('map'))} | {e.get('images', 'n/a')} | {lat} |")
+                L.append(
+                    f"| {label} | {_f(e.get('map50'))} | {_f(e.get('map'))} | {e.get('images', 'n/a')} | "
+                    f"{lat} |"
+                )
             else:
                 L.append(f"| {label} | {e['status']} | | | |")
         d50, d = _drop(steps, "map50"), _drop(steps, "map")
         if d50 is not None or d is not None:
             L += ["", f"Quantization drop (float - int8): mAP@0.5 {_f(d50)}, mAP@[.5:.95] {_f(d)}."]
             if _num(d50) and d50 > BIG_DROP:
-                L.append(f"The drop is above {BIG_DROP}: calibrate with more representative images "
-                         "(the tflite step's representative dataset) or train longer.")
-        classes = sorted(set((f.get("per_class") or {}) if f["status"] == "done" else {})
-                         | set((q.get("per_class") or {}) if q["status"] == "done" else {}))
+                L.append(
+                    f"The drop is above {BIG_DROP}: calibrate with more representative images "
+                    "(the tflite step's representative dataset) or train longer."
+                )
+        classes = sorted(
+            set((f.get("per_class") or {}) if f["status"] == "done" else {})
+            | set((q.get("per_class") or {}) if q["status"] == "done" else {})
+        )
         if classes:
             L += ["", "| class | AP@0.5 float | AP@0.5 int8 |", "|---|---|---|"]
             for c in classes:
@@ -626,6 +807,8 @@ def render_md(report: dict[str, Any]) -> str:
             L.append(f"Model folder: `{s.get('model_dir')}`.")
         else:
             L.append(f"Not promoted: {s.get('reason')}.")
-            L.append(f"The model stays in `{s.get('model_dir')}`; the current model "
-                     f"(version {s.get('current_version') or 'none'}) keeps serving.")
+            L.append(
+                f"The model stays in `{s.get('model_dir')}`; the current model "
+                f"(version {s.get('current_version') or 'none'}) keeps serving."
+            )
     return "\n".join(L) + "\n"

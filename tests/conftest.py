@@ -30,7 +30,7 @@ def require_shared(path: Path, what: str) -> Path:
     """`path` if it exists; else skip (fail under CI=true) naming what is missing."""
     if path.exists():
         return path
-    message = f"{path} missing: {what} (set EDGETPU_SHARED_DATASETS to the folder holding it)"
+    message = f"{path} missing: {what} (EDGETPU_SHARED_DATASETS names the shared datasets folder)"
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
@@ -54,7 +54,10 @@ def microcontroller_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def edgetpu_reference_dir() -> Path:
-    return require_shared(SHARED_EDGETPU / "compiler-logs", "the sample Edge TPU compiler logs").parent
+    logs = require_shared(
+        SHARED_EDGETPU / "compiler-logs", "the sample Edge TPU compiler logs, beside datasets/"
+    )
+    return logs.parent
 
 
 def copy_labelimg_folder(src: Path, dst: Path, *, names: list[str] | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""Tests for `edgetpu-retrain download` (include/edgetpu_retrain/data/download.py).
+"""Tests for `edgetpu-retrain download` (include/edgetpu_retrain/data/download/).
 
 The HTTP server started here (a real `ThreadingHTTPServer` on 127.0.0.1, port 0) stands in for the
 internet: it serves real JPEGs copied from the microcontroller dataset's images plus the failure
@@ -31,7 +31,11 @@ from PIL import Image
 from edgetpu_retrain import cli
 from edgetpu_retrain.common import UserError, sha256_bytes
 from edgetpu_retrain.data import download
-from edgetpu_retrain.data.download import FetchOptions
+from edgetpu_retrain.data.download import fetch, naming, records
+from edgetpu_retrain.data.download.fetch import FetchOptions
+from edgetpu_retrain.data.download.images import inspect_image
+from edgetpu_retrain.data.download.manifest import parse_manifest, read_manifest
+from edgetpu_retrain.data.download.report import REPORT_NAME, load_previous_report
 
 TRAVERSAL = "/..%2F..%2Fetc%2Fpasswd.jpg"
 MAX_BYTES = 100_000
@@ -207,7 +211,7 @@ def _write_manifest(path: Path, lines: list[str]) -> Path:
 
 def _entries(out: Path) -> dict[str, dict]:
     """URL -> its first report entry (a URL listed twice keeps its first line's entry)."""
-    report = json.loads((out / download.REPORT_NAME).read_text())
+    report = json.loads((out / REPORT_NAME).read_text())
     entries: dict[str, dict] = {}
     for e in report["entries"]:
         entries.setdefault(e["url"], e)
@@ -237,23 +241,23 @@ def _files(out: Path) -> set[str]:
     ],
 )
 def test_safe_stem_from_url(url: str, expected: str) -> None:
-    assert download.safe_stem(download.name_from_url(url)) == expected
+    assert naming.safe_stem(naming.name_from_url(url)) == expected
 
 
 def test_parse_manifest_plain_and_csv(tmp_path: Path) -> None:
     m = tmp_path / "m.txt"
     plain = "# images for the demo\n\nhttp://a/x.jpg\n  https://b/y.png   # trailing comment\n"
-    assert download.parse_manifest(plain, manifest=m) == [
-        download.ManifestEntry(line=3, url="http://a/x.jpg"),
-        download.ManifestEntry(line=4, url="https://b/y.png"),
+    assert parse_manifest(plain, manifest=m) == [
+        records.ManifestEntry(line=3, url="http://a/x.jpg"),
+        records.ManifestEntry(line=4, url="https://b/y.png"),
     ]
     sha = "ab" * 32
     text = (
         f'# header next\nFilename, URL ,sha256\nmine.jpg,http://a/x.jpg,{sha.upper()}\n,"http://a/z,1.jpg",\n'
     )
-    assert download.parse_manifest(text, manifest=m) == [
-        download.ManifestEntry(line=3, url="http://a/x.jpg", sha256=sha, filename="mine.jpg"),
-        download.ManifestEntry(line=4, url="http://a/z,1.jpg"),
+    assert parse_manifest(text, manifest=m) == [
+        records.ManifestEntry(line=3, url="http://a/x.jpg", sha256=sha, filename="mine.jpg"),
+        records.ManifestEntry(line=4, url="http://a/z,1.jpg"),
     ]
 
 
@@ -272,24 +276,24 @@ def test_parse_manifest_plain_and_csv(tmp_path: Path) -> None:
 def test_parse_manifest_errors_name_the_manifest(tmp_path: Path, text: str, message: str) -> None:
     manifest = tmp_path / "urls.txt"
     with pytest.raises(UserError, match=message) as info:
-        download.parse_manifest(text, manifest=manifest)
+        parse_manifest(text, manifest=manifest)
     assert str(info.value).startswith(f"{manifest}: ")
 
 
 def test_read_manifest_missing_and_binary(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="manifest not found"):
-        download.read_manifest(tmp_path / "nope.txt")
+        read_manifest(tmp_path / "nope.txt")
     binary = tmp_path / "bin.txt"
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(UserError, match="not UTF-8"):
-        download.read_manifest(binary)
+        read_manifest(binary)
 
 
 def test_broken_previous_report_is_ignored(tmp_path: Path) -> None:
-    report = tmp_path / download.REPORT_NAME
+    report = tmp_path / REPORT_NAME
     for broken in (b"{not json", b"\xff\xfe binary", b"[1, 2]"):
         report.write_bytes(broken)
-        assert download.load_previous_report(tmp_path) == {}
+        assert load_previous_report(tmp_path) == {}
 
 
 def _encoded(image: Image.Image, image_format: str) -> bytes:
@@ -300,21 +304,21 @@ def _encoded(image: Image.Image, image_format: str) -> bytes:
 
 def test_inspect_image_rejects_what_training_cannot_read(microcontroller_dir: Path) -> None:
     photo = next(iter(sorted((microcontroller_dir / "images").glob("*.jpg")))).read_bytes()
-    info = download.inspect_image(photo)
+    info = inspect_image(photo)
     assert (info.format, info.width, info.height) == ("jpeg", 800, 600)
-    with pytest.raises(download.FetchError, match="corrupt or truncated") as truncated:
-        download.inspect_image(photo[: len(photo) // 2])
+    with pytest.raises(records.FetchError, match="corrupt or truncated") as truncated:
+        inspect_image(photo[: len(photo) // 2])
     assert not truncated.value.retryable
-    with pytest.raises(download.FetchError, match="format PPM is not supported"):
-        download.inspect_image(_encoded(Image.new("RGB", (4, 4)), "PPM"))
-    with pytest.raises(download.FetchError, match="not an image"):
-        download.inspect_image(b"\x00" * 100)
+    with pytest.raises(records.FetchError, match="format PPM is not supported"):
+        inspect_image(_encoded(Image.new("RGB", (4, 4)), "PPM"))
+    with pytest.raises(records.FetchError, match="not an image"):
+        inspect_image(b"\x00" * 100)
 
 
 def test_backoff_doubles_and_retries_stop_on_4xx() -> None:
-    assert [download.backoff_delay(n, backoff=0.5) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
-    assert download._status_error(503, "Service Unavailable").retryable
-    assert not download._status_error(404, "Not Found").retryable
+    assert [fetch.backoff_delay(n, backoff=0.5) for n in (1, 2, 3)] == [0.5, 1.0, 2.0]
+    assert fetch._status_error(503, "Service Unavailable").retryable
+    assert not fetch._status_error(404, "Not Found").retryable
 
 
 # --------------------------------------------------------------------------------------------------
@@ -393,7 +397,7 @@ def test_download_outcomes_files_and_resume(site: Site, tmp_path: Path) -> None:
     # dedupe: same bytes -> one file; the same URL twice -> no second request
     assert entry("/dup-b.jpg")["file"] == "dup-a.jpg"
     assert entry("/dup-b.jpg")["duplicate_of"] == site.url("/dup-a.jpg")
-    report = json.loads((out / download.REPORT_NAME).read_text())
+    report = json.loads((out / REPORT_NAME).read_text())
     assert [e["line"] for e in report["entries"]] == list(range(2, 2 + len(urls) + 2))
     repeat = report["entries"][-1]
     assert repeat["status"] == "duplicate" and repeat["attempts"] == 0 and site.hits["/img/good.jpg"] == 1
@@ -406,13 +410,13 @@ def test_download_outcomes_files_and_resume(site: Site, tmp_path: Path) -> None:
     assert entry("/img/good.jpg")["format"] == "jpeg"
     # on disk: exactly the accepted files with the served bytes, no temp/partial files, nothing outside
     expected = {"good.jpg", "flaky.jpg", "redirect.jpg", "dup-a.jpg", "passwd.jpg", "pic.png", "misnamed.png"}
-    assert _files(out) == expected | {download.REPORT_NAME}
+    assert _files(out) == expected | {REPORT_NAME}
     assert (out / "good.jpg").read_bytes() == site.images["good"]
     assert (out / "passwd.jpg").read_bytes() == site.images["traversal"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "served", "urls.txt"]
     assert result == {
         "out_dir": str(out),
-        "report": str(out / download.REPORT_NAME),
+        "report": str(out / REPORT_NAME),
         "downloaded": 7,
         "skipped": 0,
         "duplicates": 2,
@@ -428,10 +432,10 @@ def test_download_outcomes_files_and_resume(site: Site, tmp_path: Path) -> None:
     }
 
     # resume: the same manifest again -> no request for anything already on disk, same report bytes
-    before = (out / download.REPORT_NAME).read_bytes()
+    before = (out / REPORT_NAME).read_bytes()
     hits_before = Counter(site.hits)
     again = download.download(manifest=manifest, out_dir=out, options=FAST, sleep=lambda _s: None)
-    assert (out / download.REPORT_NAME).read_bytes() == before
+    assert (out / REPORT_NAME).read_bytes() == before
     for path in (
         "/img/good.jpg",
         "/flaky.jpg",
@@ -447,7 +451,7 @@ def test_download_outcomes_files_and_resume(site: Site, tmp_path: Path) -> None:
     assert site.hits["/missing.jpg"] == hits_before["/missing.jpg"] + 1  # failures are tried again
     assert (again["downloaded"], again["skipped"], again["duplicates"], again["failed"]) == (0, 7, 2, 9)
     assert again["files"] == result["files"]
-    assert _files(out) == expected | {download.REPORT_NAME}
+    assert _files(out) == expected | {REPORT_NAME}
 
 
 def test_name_collision_never_overwrites(site: Site, tmp_path: Path) -> None:
@@ -497,7 +501,7 @@ def test_csv_manifest_checksums_names_and_resume_without_report(site: Site, tmp_
     mirror = by_url[site.url("/other-mirror.jpg")]
     assert (mirror["status"], mirror["attempts"], mirror["file"]) == ("duplicate", 0, "My_Photo.jpg")
     assert site.hits["/never-served.jpg"] == 0 and site.hits["/other-mirror.jpg"] == 0
-    assert _files(out) == {"My_Photo.jpg", "preplaced.jpg", download.REPORT_NAME}  # mismatch not kept
+    assert _files(out) == {"My_Photo.jpg", "preplaced.jpg", REPORT_NAME}  # mismatch not kept
     assert (result["downloaded"], result["skipped"], result["duplicates"], result["failed"]) == (1, 1, 1, 1)
 
 
@@ -506,7 +510,7 @@ def test_exit_policy(site: Site, tmp_path: Path) -> None:
     all_bad = _write_manifest(tmp_path / "bad.txt", [site.url("/missing.jpg"), site.url("/page.jpg")])
     with pytest.raises(UserError, match=r"bad\.txt: all 2 URL\(s\) failed \(line 1: HTTP 404"):
         download.download(manifest=all_bad, out_dir=out, options=FAST)
-    assert (out / download.REPORT_NAME).is_file()  # the report is written before failing
+    assert (out / REPORT_NAME).is_file()  # the report is written before failing
     partial = _write_manifest(tmp_path / "partial.txt", [site.url("/img/good.jpg"), site.url("/missing.jpg")])
     assert download.download(manifest=partial, out_dir=out, options=FAST)["failed"] == 1
     with pytest.raises(UserError, match=r"partial\.txt: 1 of 2 URL\(s\) failed"):
@@ -534,7 +538,7 @@ def test_cli_prints_json_last_line(site: Site, tmp_path: Path, capsys: pytest.Ca
     line = json.loads(captured.out.strip().splitlines()[-1])
     assert line == {
         "out_dir": str(out),
-        "report": str(out / download.REPORT_NAME),
+        "report": str(out / REPORT_NAME),
         "downloaded": 1,
         "skipped": 0,
         "duplicates": 0,
@@ -620,11 +624,11 @@ def test_connection_refused_is_retried(tmp_path: Path) -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     delays: list[float] = []
-    with pytest.raises(download.FetchError, match=f"cannot connect to 127.0.0.1:{port}") as info:
-        download.fetch_with_retries(f"http://127.0.0.1:{port}/x.jpg", options=FAST, sleep=delays.append)
+    with pytest.raises(records.FetchError, match=f"cannot connect to 127.0.0.1:{port}") as info:
+        fetch.fetch_with_retries(f"http://127.0.0.1:{port}/x.jpg", options=FAST, sleep=delays.append)
     assert info.value.retryable and info.value.attempts == 3 and delays == [0.01, 0.02]
 
 
 def test_redact_url_hides_passwords() -> None:
-    assert download.redact_url("https://me:s3cret@host/a.jpg") == "https://me:***@host/a.jpg"
-    assert download.redact_url("https://host/a.jpg?sig=1") == "https://host/a.jpg?sig=1"
+    assert naming.redact_url("https://me:s3cret@host/a.jpg") == "https://me:***@host/a.jpg"
+    assert naming.redact_url("https://host/a.jpg?sig=1") == "https://host/a.jpg?sig=1"

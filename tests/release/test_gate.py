@@ -8,24 +8,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from release_data import PER_CLASS, bccd_manifest
+from release_data import write as _write
 
 from edgetpu_retrain.cli import main
-from edgetpu_retrain.release import gate as promote
-
-PER_CLASS = {
-    "Platelets": {"ap": 0.31, "ap50": 0.62},
-    "RBC": {"ap": 0.44, "ap50": 0.81},
-    "WBC": {"ap": 0.63, "ap50": 0.97},
-}
-
-
-def _write(path: Path, obj) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(obj, bytes):
-        path.write_bytes(obj)
-    else:
-        path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
-    return path
+from edgetpu_retrain.release import gate, registry
+from edgetpu_retrain.release.coverage import op_coverage
 
 
 def make_run(
@@ -87,23 +75,7 @@ def make_run(
     )
     ds = root / "datasets" / "bccd" / "20261124"
     _write(ds / "label_map.pbtxt", 'item {\n  id: 1\n  name: "Platelets"\n}\n')
-    manifest = _write(
-        ds / "manifest.json",
-        {
-            "version": 1,
-            "label_map": "label_map.pbtxt",
-            "num_classes": 3,
-            "seed": 0,
-            "split": [0.8, 0.1, 0.1],
-            "classes": [{"id": 1, "name": "Platelets"}, {"id": 2, "name": "RBC"}, {"id": 3, "name": "WBC"}],
-            "counts": {
-                "train": {"images": 291, "objects": 3890, "per_class": {"RBC": 3300}},
-                "val": {"images": 36, "objects": 480},
-                "test": {"images": 37, "objects": 500},
-            },
-            "created": "2026-11-24T02:00:00+00:00",
-        },
-    )
+    manifest = _write(ds / "manifest.json", bccd_manifest(seed=0, train_per_class={"RBC": 3300}))
     config = _write(run / "config.yaml", "base_model: mobilenet_v2_ssd\ninput_size: 320\n")
     return {
         "run": run,
@@ -118,26 +90,16 @@ def make_run(
 
 
 def argv(models: Path, r: dict, *extra: str, name: str = "bccd") -> list[str]:
-    return [
-        "promote",
-        "--models-dir",
-        str(models),
-        "--name",
-        name,
-        "--int8-eval",
-        str(r["int8"]),
-        "--float-eval",
-        str(r["float"]),
-        "--tflite",
-        str(r["tflite"]),
-        "--edgetpu-dir",
-        str(r["edir"]),
-        "--dataset-manifest",
-        str(r["manifest"]),
-        "--config",
-        str(r["config"]),
-        *extra,
-    ]
+    inputs = {
+        "--int8-eval": "int8",
+        "--float-eval": "float",
+        "--tflite": "tflite",
+        "--edgetpu-dir": "edir",
+        "--dataset-manifest": "manifest",
+        "--config": "config",
+    }
+    files = [arg for flag, key in inputs.items() for arg in (flag, str(r[key]))]
+    return ["promote", "--models-dir", str(models), "--name", name, *files, *extra]
 
 
 def cli(capsys, args: list[str]) -> tuple[int, dict]:
@@ -201,7 +163,7 @@ def test_gate_better_within_and_beyond_tolerance_keeps_history(root, capsys):
     assert res["model_dir"] == str(r4["run"]) and res["current_version"] == "0003"
 
     reg = models / "bccd"
-    assert promote.versions(reg) == ["0001", "0002", "0003"]
+    assert registry.versions(reg) == ["0001", "0002", "0003"]
     assert os.readlink(reg / "current") == os.path.join("versions", "0003")
     history = json.loads((reg / "history.json").read_text())
     assert [h["version"] for h in history] == ["0001", "0002", "0003"]
@@ -231,7 +193,7 @@ def test_preflight_not_ok_never_promotes(root, capsys):
     code, res = cli(capsys, argv(models, r))
     assert code == 0 and res["promoted"] is False and "pre-flight failed" in res["reason"]
     assert "CONV_2D version 6" in res["reason"]
-    assert not (models / "bccd" / "current").exists() and promote.versions(models / "bccd") == []
+    assert not (models / "bccd" / "current").exists() and registry.versions(models / "bccd") == []
 
 
 def test_compiled_required_but_missing(root, capsys):
@@ -272,7 +234,7 @@ def test_rerun_is_idempotent_and_switch_back(root, capsys):
         and res["version"] == "0001"
         and "already promoted" in res["reason"]
     )
-    assert promote.versions(reg) == ["0001"]
+    assert registry.versions(reg) == ["0001"]
     assert (reg / "versions" / "0001" / "model_card.json").read_bytes() == card
     assert (reg / "history.json").read_bytes() == hist
 
@@ -280,7 +242,7 @@ def test_rerun_is_idempotent_and_switch_back(root, capsys):
     assert cli(capsys, argv(models, r2, "--tolerance", "0.05"))[1]["version"] == "0002"
     res = cli(capsys, argv(models, r1))[1]  # r1 again beats 0002: switch back, no copy
     assert res["promoted"] and res["version"] == "0001" and "switched back" in res["reason"]
-    assert promote.versions(reg) == ["0001", "0002"]
+    assert registry.versions(reg) == ["0001", "0002"]
     assert [h["action"] for h in json.loads((reg / "history.json").read_text())] == [
         "promote",
         "promote",
@@ -293,7 +255,7 @@ def test_atomic_switch_never_leaves_current_missing(root):
     for v in ("0001", "0002"):
         (reg / "versions" / v).mkdir(parents=True)
         (reg / "versions" / v / "model_card.json").write_text(json.dumps({"v": v}))
-    promote.switch_current(reg, "0001")
+    registry.switch_current(reg, "0001")
     seen: list[str] = []
     stop = threading.Event()
 
@@ -304,11 +266,11 @@ def test_atomic_switch_never_leaves_current_missing(root):
     t = threading.Thread(target=reader)
     t.start()
     for i in range(200):
-        promote.switch_current(reg, "0002" if i % 2 == 0 else "0001")
+        registry.switch_current(reg, "0002" if i % 2 == 0 else "0001")
     stop.set()
     t.join()
     assert seen and set(seen) <= {"0001", "0002"}  # a FileNotFoundError in the reader would fail the join
-    assert promote.current_version(reg) == "0001"
+    assert registry.current_version(reg) == "0001"
     assert not [p for p in reg.iterdir() if p.name.startswith(".current")]
 
 
@@ -319,11 +281,11 @@ def test_failed_copy_leaves_registry_unchanged(root, capsys, monkeypatch):
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(promote, "render_card_md", boom)
+    monkeypatch.setattr(gate, "render_card_md", boom)
     with pytest.raises(OSError):
         main(argv(models, make_run(root, "r2", map50=0.90)))
     reg = models / "bccd"
-    assert promote.versions(reg) == ["0001"] and promote.current_version(reg) == "0001"
+    assert registry.versions(reg) == ["0001"] and registry.current_version(reg) == "0001"
     assert not [p for p in (reg / "versions").iterdir() if p.name.startswith(".")]
 
 
@@ -384,13 +346,13 @@ def test_op_coverage_from_compiler_log_table_and_preflight(edgetpu_reference_dir
     log = edgetpu_reference_dir / "compiler-logs" / "partial_mapping.txt"
     if not log.is_file():
         pytest.skip("shared compiler log samples missing")
-    cov = promote.op_coverage({"log": str(log)})
+    cov = op_coverage({"log": str(log)})
     assert (cov["tpu"], cov["cpu"], cov["total"], cov["subgraphs"]) == (110, 3, 113, 1)
     assert cov["cpu_ops"] == {"CUSTOM": 1, "DEQUANTIZE": 2} and cov["source"] == "compiler"
-    none = promote.op_coverage({"log": str(edgetpu_reference_dir / "compiler-logs" / "no_tpu_subgraph.txt")})
+    none = op_coverage({"log": str(edgetpu_reference_dir / "compiler-logs" / "no_tpu_subgraph.txt")})
     assert (none["tpu"], none["cpu"], none["subgraphs"], none["tpu_percent"]) == (0, 40, 0, 0.0)
     # the edgetpu step's figures: op_table rows carry a `mapped` bool
-    cov = promote.op_coverage(
+    cov = op_coverage(
         {
             "op_table": [
                 {"op": "CONV_2D", "count": 5, "status": "Mapped to Edge TPU", "mapped": True},
@@ -399,7 +361,7 @@ def test_op_coverage_from_compiler_log_table_and_preflight(edgetpu_reference_dir
         }
     )
     assert (cov["tpu"], cov["cpu"], cov["total"]) == (5, 1, 6)
-    est = promote.op_coverage(
+    est = op_coverage(
         None,
         {
             "expected_tpu_op_count": 96,
@@ -408,7 +370,7 @@ def test_op_coverage_from_compiler_log_table_and_preflight(edgetpu_reference_dir
         },
     )
     assert (est["tpu"], est["total"], est["source"]) == (96, 99, "pre-flight estimate")
-    assert promote.op_coverage(None) is None and promote.op_coverage({"version": "16"}) is None
+    assert op_coverage(None) is None and op_coverage({"version": "16"}) is None
 
 
 def test_edgetpu_step_output_folder(root, capsys, edgetpu_reference_dir):

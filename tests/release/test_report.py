@@ -6,20 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
+from release_data import PER_CLASS, bccd_manifest
+from release_data import write as _json
 
 from edgetpu_retrain.cli import main
 
-PER_CLASS = {
-    "Platelets": {"ap": 0.31, "ap50": 0.62},
-    "RBC": {"ap": 0.44, "ap50": 0.81},
-    "WBC": {"ap": 0.63, "ap50": 0.97},
+UNKNOWN_CLASS = {
+    "code": "unknown_class",
+    "severity": "error",
+    "message": "class 'RCB' not in the label map",
+    "fix": "rename it to RBC",
+    "object": 0,
 }
-
-
-def _json(path: Path, obj) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj))
-    return path
 
 
 @pytest.fixture()
@@ -59,15 +57,7 @@ def full_run(tmp_path: Path) -> dict:
                     "xml": str(val / "c.xml"),
                     "image": "c.jpg",
                     "verdict": "rejected",
-                    "issues": [
-                        {
-                            "code": "unknown_class",
-                            "severity": "error",
-                            "message": "class 'RCB' not in the label map",
-                            "fix": "rename it to RBC",
-                            "object": 0,
-                        }
-                    ],
+                    "issues": [UNKNOWN_CLASS],
                 },
                 {
                     "xml": None,
@@ -87,23 +77,7 @@ def full_run(tmp_path: Path) -> dict:
         },
     )
     ds = root / "datasets" / "bccd" / "20261124"
-    _json(
-        ds / "manifest.json",
-        {
-            "version": 1,
-            "label_map": "label_map.pbtxt",
-            "num_classes": 3,
-            "seed": 7,
-            "split": [0.8, 0.1, 0.1],
-            "classes": [{"id": 1, "name": "Platelets"}, {"id": 2, "name": "RBC"}, {"id": 3, "name": "WBC"}],
-            "counts": {
-                "train": {"images": 291, "objects": 3890},
-                "val": {"images": 36, "objects": 480},
-                "test": {"images": 37, "objects": 500},
-            },
-            "created": "2026-11-24T02:00:00+00:00",
-        },
-    )
+    _json(ds / "manifest.json", bccd_manifest(seed=7))
     (run / "tflite").mkdir(parents=True)
     (run / "tflite" / "model_int8.tflite").write_bytes(b"\0" * 3 * 1024 * 1024)
     (run / "tflite" / "model_float.tflite").write_bytes(b"\0" * 2048)
@@ -395,15 +369,7 @@ def test_report_finds_the_dag_layout_of_failed_steps(full_run, capsys):
                         "xml": f"{n}.xml",
                         "image": f"{n}.jpg",
                         "verdict": "rejected",
-                        "issues": [
-                            {
-                                "code": "unknown_class",
-                                "severity": "error",
-                                "message": "class 'RCB' not in the label map",
-                                "fix": "rename it to RBC",
-                                "object": 0,
-                            }
-                        ],
+                        "issues": [UNKNOWN_CLASS],
                     }
                     for n in "bcd"
                 ),

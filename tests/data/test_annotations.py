@@ -5,14 +5,15 @@ import shutil
 import pytest
 from hostile import GOOD_BOX, bomb_png, voc_xml
 
-from edgetpu_retrain.data import annotations as va
+from edgetpu_retrain.data.annotations import images, voc
+from edgetpu_retrain.data.annotations.boxes import check_objects, suggest_class
 
 LABELS = {"Platelets": 1, "RBC": 2, "WBC": 3}
 
 
-def objs(*boxes):
+def objs(*specs):
     return tuple(
-        va.VocObject(i, name, tuple(str(v) for v in coords)) for i, (name, *coords) in enumerate(boxes)
+        voc.VocObject(i, name, tuple(str(v) for v in coords)) for i, (name, *coords) in enumerate(specs)
     )
 
 
@@ -21,17 +22,17 @@ def codes(issues):
 
 
 def test_parses_labelimg_and_other_tool_xml(bccd_dir):
-    ann, issues = va.read_voc(bccd_dir / "annotations" / "BloodImage_00338.xml")
+    ann, issues = voc.read_voc(bccd_dir / "annotations" / "BloodImage_00338.xml")
     assert issues == [] and ann.filename == "BloodImage_00338.jpg" and (ann.width, ann.height) == (640, 480)
     assert ann.objects[12].coords == ("504", "337", "504", "337")
-    other, issues = va.read_voc(
+    other, issues = voc.read_voc(
         bccd_dir / "annotations" / "BloodImage_00171.xml"
     )  # verified="no", 2-space indent
     assert issues == [] and other.filename == "BloodImage_00171.jpg" and len(other.objects) > 0
 
 
 def test_windows_path_is_ignored():
-    ann, issues = va.parse_voc(voc_xml("a.jpg", 640, 480, [GOOD_BOX], path="C:\\Users\\x\\a.jpg").encode())
+    ann, issues = voc.parse_voc(voc_xml("a.jpg", 640, 480, [GOOD_BOX], path="C:\\Users\\x\\a.jpg").encode())
     assert issues == [] and ann.filename == "a.jpg"
 
 
@@ -52,19 +53,19 @@ def test_windows_path_is_ignored():
         (b"\xff\xfe garbage", "xml_parse_error"),
         (b"", "xml_parse_error"),
         (b"<html/>", "xml_not_voc"),
-        (b"<annotation>" + b" " * va.MAX_XML_BYTES + b"</annotation>", "xml_too_large"),
+        (b"<annotation>" + b" " * voc.MAX_XML_BYTES + b"</annotation>", "xml_too_large"),
     ],
 )
 def test_unsafe_or_broken_xml_is_rejected(data, code):
-    ann, issues = va.parse_voc(data, source="x.xml")
+    ann, issues = voc.parse_voc(data, source="x.xml")
     assert ann is None and [i.code for i in issues] == [code]
     assert issues[0].severity == "error" and issues[0].fix
 
 
 def test_oversized_xml_file_reports_its_real_size(tmp_path):
     path = tmp_path / "big.xml"
-    path.write_bytes(b"<annotation>" + b" " * (3 * va.MAX_XML_BYTES) + b"</annotation>")
-    ann, issues = va.read_voc(path)
+    path.write_bytes(b"<annotation>" + b" " * (3 * voc.MAX_XML_BYTES) + b"</annotation>")
+    ann, issues = voc.read_voc(path)
     assert ann is None and [i.code for i in issues] == ["xml_too_large"]
     assert f"is {path.stat().st_size} bytes" in issues[0].message
 
@@ -72,7 +73,7 @@ def test_oversized_xml_file_reports_its_real_size(tmp_path):
 def test_utf16_doctype_is_caught_after_parsing():
     text = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE a [<!ENTITY b "x">]><annotation>&b;</annotation>'
     data = text.encode("utf-16")
-    ann, issues = va.parse_voc(data)
+    ann, issues = voc.parse_voc(data)
     assert ann is None and issues[0].code in ("xml_doctype", "xml_parse_error")
 
 
@@ -80,16 +81,16 @@ def test_utf16_doctype_is_caught_after_parsing():
     "name", ["../../etc/passwd", "/etc/passwd", "sub/a.jpg", "C:\\img\\a.jpg", "..", "C:a.jpg"]
 )
 def test_filename_must_be_bare(name):
-    assert va.check_filename(name).code == "filename_unsafe"
+    assert voc.check_filename(name).code == "filename_unsafe"
 
 
 def test_filename_ok_and_missing():
-    assert va.check_filename("IMG 0001.JPG") is None
-    assert va.check_filename(None).code == "filename_missing"
+    assert voc.check_filename("IMG 0001.JPG") is None
+    assert voc.check_filename(None).code == "filename_missing"
 
 
 def test_rounding_is_half_to_even_and_reported():
-    boxes, issues = va.check_objects(
+    boxes, issues = check_objects(
         objs(("RBC", "10.5", "11.5", "100.4", "200.6"), ("RBC", 1, 2, 30, 40)), 640, 480, LABELS
     )
     assert [(b.xmin, b.ymin, b.xmax, b.ymax) for b in boxes] == [(10, 12, 100, 201), (1, 2, 30, 40)]
@@ -97,7 +98,7 @@ def test_rounding_is_half_to_even_and_reported():
 
 
 def test_edges_clipping_and_outside():
-    boxes, issues = va.check_objects(
+    boxes, issues = check_objects(
         objs(
             ("RBC", 540, 380, 640, 480),  # touches right/bottom exactly: valid, no issue
             ("RBC", -3, -2, 645, 100),  # within max(2 px, 2%) = 13 x 10 px: clipped
@@ -117,7 +118,7 @@ def test_edges_clipping_and_outside():
 
 
 def test_bad_boxes_are_dropped_not_the_image():
-    boxes, issues = va.check_objects(
+    boxes, issues = check_objects(
         objs(
             ("RBC", 504, 337, 504, 337),
             ("RBC", 200, 100, 100, 200),
@@ -150,7 +151,7 @@ def test_bad_boxes_are_dropped_not_the_image():
 
 
 def test_near_duplicates_warn_and_keep_both():
-    boxes, issues = va.check_objects(
+    boxes, issues = check_objects(
         objs(("RBC", 100, 100, 200, 200), ("RBC", 101, 102, 201, 200), ("WBC", 100, 100, 200, 200)),
         640,
         480,
@@ -162,28 +163,28 @@ def test_near_duplicates_warn_and_keep_both():
 
 
 def test_suggest_class():
-    assert va.suggest_class("wbc", ["RBC", "WBC"]) == "WBC"
-    assert va.suggest_class("Raspberry Pi 3", ["Raspberry_Pi_3"]) == "Raspberry_Pi_3"
-    assert va.suggest_class("Elephant", ["RBC", "WBC"]) is None
+    assert suggest_class("wbc", ["RBC", "WBC"]) == "WBC"
+    assert suggest_class("Raspberry Pi 3", ["Raspberry_Pi_3"]) == "Raspberry_Pi_3"
+    assert suggest_class("Elephant", ["RBC", "WBC"]) is None
 
 
 def test_check_image_good_truncated_bomb_garbage(tmp_path, bccd_dir):
     src = bccd_dir / "images" / "BloodImage_00000.jpg"
-    good = va.check_image(src)
+    good = images.check_image(src)
     assert good.ok and (good.format, good.width, good.height, good.mode) == ("jpeg", 640, 480, "RGB")
     data = src.read_bytes()
     (tmp_path / "t.jpg").write_bytes(data[: len(data) // 3])
-    assert [i.code for i in va.check_image(tmp_path / "t.jpg").issues] == ["image_corrupt"]
+    assert [i.code for i in images.check_image(tmp_path / "t.jpg").issues] == ["image_corrupt"]
     (tmp_path / "b.png").write_bytes(bomb_png())
-    assert [i.code for i in va.check_image(tmp_path / "b.png").issues] == ["decompression_bomb"]
+    assert [i.code for i in images.check_image(tmp_path / "b.png").issues] == ["decompression_bomb"]
     (tmp_path / "small_bomb.png").write_bytes(bomb_png(5000, 5000))  # under Pillow's limit, over ours
-    assert [i.code for i in va.check_image(tmp_path / "small_bomb.png", max_pixels=1_000_000).issues] == [
+    assert [i.code for i in images.check_image(tmp_path / "small_bomb.png", max_pixels=1_000_000).issues] == [
         "decompression_bomb"
     ]
     (tmp_path / "g.jpg").write_bytes(b"not an image")
-    assert [i.code for i in va.check_image(tmp_path / "g.jpg").issues] == ["image_unreadable"]
+    assert [i.code for i in images.check_image(tmp_path / "g.jpg").issues] == ["image_unreadable"]
     shutil.copy(src, tmp_path / "x.png")
-    info = va.check_image(tmp_path / "x.png")
+    info = images.check_image(tmp_path / "x.png")
     assert info.ok and info.format == "jpeg" and [i.code for i in info.issues] == ["extension_mismatch"]
 
 
@@ -199,5 +200,5 @@ def test_check_image_good_truncated_bomb_garbage(tmp_path, bccd_dir):
     ],
 )
 def test_exif_policy(value, policy, expected):
-    info = va.ImageInfo(name="a.jpg", orientation=value)
-    assert [(i.code, i.severity) for i in va.exif_issues(info, policy=policy)] == expected
+    info = images.ImageInfo(name="a.jpg", orientation=value)
+    assert [(i.code, i.severity) for i in images.exif_issues(info, policy=policy)] == expected

@@ -413,7 +413,8 @@ def test_modules_import_without_lxml_or_pillow():
 
     code = (
         "import sys, edgetpu_retrain.data.validate, edgetpu_retrain.data.labelmap, "
-        "edgetpu_retrain.data.annotations;"
+        "edgetpu_retrain.data.annotations.voc, edgetpu_retrain.data.annotations.boxes, "
+        "edgetpu_retrain.data.annotations.images;"
         "print(sorted(m for m in ('lxml', 'PIL', 'numpy', 'tensorflow') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -276,7 +276,7 @@ def merge(
 def canonical_names(counts: Mapping[str, int]) -> tuple[list[str], list[str]]:
     """Split class names into (canonical, variants): names equal ignoring case/spaces/'_'/'-' are one
     class spelled several ways; the most used spelling (then the first in sort order) is canonical."""
-    from edgetpu_retrain.data.annotations import normalize_class
+    from edgetpu_retrain.data.annotations.boxes import normalize_class
 
     groups: dict[str, list[str]] = {}
     for name in counts:
@@ -304,13 +304,13 @@ def _scan_class_names(dirs: list[str]) -> Counter[str]:
     """Boxes per class name in every *.xml in `dirs` (parsed safely; unreadable XMLs are logged, not
     fatal)."""
     from edgetpu_retrain.common import require_dir
-    from edgetpu_retrain.data import annotations
+    from edgetpu_retrain.data.annotations import voc
 
     names: Counter[str] = Counter()
     for d in dirs:
         folder = require_dir(d, what="annotations")
         for xml in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".xml"):
-            ann, issues = annotations.read_voc(xml)
+            ann, issues = voc.read_voc(xml)
             if ann is None:
                 log.warning("%s: skipped (%s)", xml, issues[0].message if issues else "unreadable")
                 continue

@@ -232,12 +232,12 @@ def _conv_net(tf, middle=None, *, batch_size=1):
 def _set_op_version(data: bytes, op_name: str, version: int) -> bytes:
     """Rewrite the stored version of every OperatorCode of `op_name` in place (an 'op too new' model)."""
     buf = bytearray(data)
-    root = tm._Table(bytes(buf), struct.unpack_from("<I", buf, 0)[0])
+    root = tm.Table(bytes(buf), struct.unpack_from("<I", buf, 0)[0])
     patched = 0
     for oc in root.tables(1):
         code = max(int(oc.scalar(0, "b", 0)), int(oc.scalar(3, "i", 0)))
         if tm.builtin_name(code) == op_name:
-            at = oc._field(2)
+            at = oc.field(2)
             assert at, "version field not stored (default 1); pick another op"
             struct.pack_into("<i", buf, at, version)
             patched += 1
@@ -587,7 +587,7 @@ def test_compile_without_output_file_fails(models, tmp_path, fake_compiler):
 
 
 def test_compile_timeout(models, tmp_path, fake_compiler, monkeypatch):
-    monkeypatch.setattr(edgetpu, "TIMEOUT_MARGIN_S", 0)
+    monkeypatch.setattr(edgetpu.compiler, "TIMEOUT_MARGIN_S", 0)
     fake_compiler("all_mapped.txt", sleep=5)
     with pytest.raises(UserError, match="did not finish within 1 s"):
         run_verb("--tflite", str(models["ssd"]), "--out", str(tmp_path / "out"), "--timeout", "1")

@@ -1,4 +1,4 @@
-"""tflite_model: both readers (generated schema classes, minimal struct reader) on models converted here.
+"""export/flatbuffer.py: both readers (generated schema classes, minimal reader) on models converted here.
 
 The models are tiny and built in the test with TF + tf.lite.TFLiteConverter (about 0.5 s each; the
 shared builders are in tests/tflite_models.py): a full-int8 conv net ending in the SSD post-processing
@@ -17,6 +17,7 @@ import pytest
 from tflite_models import build_mini_ssd, int8_converter
 
 from edgetpu_retrain.export import flatbuffer as tm
+from edgetpu_retrain.export import tflite_schema
 
 pytestmark = pytest.mark.filterwarnings("ignore:Statistics for quantized inputs:UserWarning")
 
@@ -149,9 +150,26 @@ def test_not_a_tflite_file(tmp_path, models):
 
 def test_auto_falls_back_to_minimal_reader(models, monkeypatch):
     """An image without TF/LiteRT (e.g. the compiler image) still reads models."""
-    monkeypatch.setattr(tm, "_SCHEMA_SEARCHED", True)
-    monkeypatch.setattr(tm, "_SCHEMA_MODULE", None)
+    monkeypatch.setattr(tflite_schema, "_SCHEMA_SEARCHED", True)
+    monkeypatch.setattr(tflite_schema, "_SCHEMA_MODULE", None)
     model = tm.read_model(models["ssd"])
     assert model.reader == "minimal" and model.ops[-1].custom_code == "TFLite_Detection_PostProcess"
     with pytest.raises(tm.TFLiteReadError, match="schema module"):
         tm.read_model(models["ssd"], reader="schema")
+
+
+def test_buffer_bytes_are_the_constant_tensor_values(models):
+    from ai_edge_litert.interpreter import Interpreter
+
+    data = models["ssd"].read_bytes()
+    model = tm.read_model(data)
+    interp = Interpreter(model_content=data)
+    interp.allocate_tensors()
+    constants = [t for t in model.tensors if t.constant]
+    assert constants
+    for t in constants:
+        assert tm.buffer_bytes(data, t.index) == interp.get_tensor(t.index).tobytes(), t.name
+    activation = next(t for t in model.tensors if not t.constant)
+    assert tm.buffer_bytes(data, activation.index) == b""
+    with pytest.raises(tm.TFLiteReadError, match="no tensor"):
+        tm.buffer_bytes(data, len(model.tensors))

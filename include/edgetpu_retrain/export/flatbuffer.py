@@ -9,69 +9,43 @@ Two readers produce the same `TFLiteModel`:
   the `flatbuffers` runtime), reading only the fields listed below from the TFLite schema
   (tensorflow/lite/schema/schema.fbs), for images without TF (e.g. the edgetpu-compiler image).
 
-Only stdlib imports at module level.
+The enums, the schema-module lookup and the table reader live in `tflite_schema.py`; this module is
+the model view. `buffer_bytes(data, tensor_index)` reads a tensor's raw buffer (weights) for callers
+that need the values, which `TFLiteModel` does not hold. Only stdlib imports at module level.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-# BuiltinOperator enum of schema.fbs, in value order (value = position). Used by the minimal reader
-# and checked against the generated schema module in tests. Codes beyond the list print as
-# "BUILTIN_<code>" (unknown to us, hence never on the Edge TPU list).
-BUILTIN_OPERATOR_NAMES: tuple[str, ...] = tuple(
-    """
-ADD AVERAGE_POOL_2D CONCATENATION CONV_2D DEPTHWISE_CONV_2D DEPTH_TO_SPACE DEQUANTIZE
-EMBEDDING_LOOKUP FLOOR FULLY_CONNECTED HASHTABLE_LOOKUP L2_NORMALIZATION L2_POOL_2D
-LOCAL_RESPONSE_NORMALIZATION LOGISTIC LSH_PROJECTION LSTM MAX_POOL_2D MUL RELU RELU_N1_TO_1
-RELU6 RESHAPE RESIZE_BILINEAR RNN SOFTMAX SPACE_TO_DEPTH SVDF TANH CONCAT_EMBEDDINGS SKIP_GRAM
-CALL CUSTOM EMBEDDING_LOOKUP_SPARSE PAD UNIDIRECTIONAL_SEQUENCE_RNN GATHER BATCH_TO_SPACE_ND
-SPACE_TO_BATCH_ND TRANSPOSE MEAN SUB DIV SQUEEZE UNIDIRECTIONAL_SEQUENCE_LSTM STRIDED_SLICE
-BIDIRECTIONAL_SEQUENCE_RNN EXP TOPK_V2 SPLIT LOG_SOFTMAX DELEGATE BIDIRECTIONAL_SEQUENCE_LSTM
-CAST PRELU MAXIMUM ARG_MAX MINIMUM LESS NEG PADV2 GREATER GREATER_EQUAL LESS_EQUAL SELECT SLICE
-SIN TRANSPOSE_CONV SPARSE_TO_DENSE TILE EXPAND_DIMS EQUAL NOT_EQUAL LOG SUM SQRT RSQRT SHAPE POW
-ARG_MIN FAKE_QUANT REDUCE_PROD REDUCE_MAX PACK LOGICAL_OR ONE_HOT LOGICAL_AND LOGICAL_NOT UNPACK
-REDUCE_MIN FLOOR_DIV REDUCE_ANY SQUARE ZEROS_LIKE FILL FLOOR_MOD RANGE RESIZE_NEAREST_NEIGHBOR
-LEAKY_RELU SQUARED_DIFFERENCE MIRROR_PAD ABS SPLIT_V UNIQUE CEIL REVERSE_V2 ADD_N GATHER_ND COS
-WHERE RANK ELU REVERSE_SEQUENCE MATRIX_DIAG QUANTIZE MATRIX_SET_DIAG ROUND HARD_SWISH IF WHILE
-NON_MAX_SUPPRESSION_V4 NON_MAX_SUPPRESSION_V5 SCATTER_ND SELECT_V2 DENSIFY SEGMENT_SUM
-BATCH_MATMUL PLACEHOLDER_FOR_GREATER_OP_CODES CUMSUM CALL_ONCE BROADCAST_TO RFFT2D CONV_3D IMAG
-REAL COMPLEX_ABS HASHTABLE HASHTABLE_FIND HASHTABLE_IMPORT HASHTABLE_SIZE REDUCE_ALL
-CONV_3D_TRANSPOSE VAR_HANDLE READ_VARIABLE ASSIGN_VARIABLE BROADCAST_ARGS RANDOM_STANDARD_NORMAL
-BUCKETIZE RANDOM_UNIFORM MULTINOMIAL GELU DYNAMIC_UPDATE_SLICE RELU_0_TO_1 UNSORTED_SEGMENT_PROD
-UNSORTED_SEGMENT_MAX UNSORTED_SEGMENT_SUM ATAN2 UNSORTED_SEGMENT_MIN SIGN BITCAST BITWISE_XOR
-RIGHT_SHIFT
-""".split()
+from edgetpu_retrain.export.tflite_schema import (
+    BUILTIN_OPERATOR_NAMES,
+    TENSOR_TYPE_NAMES,
+    Table,
+    builtin_name,
+    root_table,
+    schema_module,
+    tensor_type_name,
 )
 
-# TensorType enum of schema.fbs, in value order.
-TENSOR_TYPE_NAMES: tuple[str, ...] = (
-    "FLOAT32",
-    "FLOAT16",
-    "INT32",
-    "UINT8",
-    "INT64",
-    "STRING",
-    "BOOL",
-    "INT16",
-    "COMPLEX64",
-    "INT8",
-    "FLOAT64",
-    "COMPLEX128",
-    "UINT64",
-    "RESOURCE",
-    "VARIANT",
-    "UINT32",
-    "UINT16",
-    "INT4",
-    "BFLOAT16",
-)
+__all__ = [
+    "BUILTIN_OPERATOR_NAMES",
+    "TENSOR_TYPE_NAMES",
+    "OpInfo",
+    "TFLiteModel",
+    "TFLiteReadError",
+    "Table",
+    "TensorInfo",
+    "buffer_bytes",
+    "builtin_name",
+    "read_model",
+    "schema_module",
+    "tensor_type_name",
+]
 
 TFLITE_FILE_IDENTIFIER = b"TFL3"
 
@@ -173,58 +147,6 @@ class TFLiteModel:
         for op in self.ops:
             seen.setdefault(op.label, set()).add(op.version)
         return {k: sorted(v) for k, v in sorted(seen.items())}
-
-
-def builtin_name(code: int) -> str:
-    return BUILTIN_OPERATOR_NAMES[code] if 0 <= code < len(BUILTIN_OPERATOR_NAMES) else f"BUILTIN_{code}"
-
-
-def tensor_type_name(code: int) -> str:
-    return TENSOR_TYPE_NAMES[code] if 0 <= code < len(TENSOR_TYPE_NAMES) else f"TYPE_{code}"
-
-
-# ----------------------------------------------------------------------------- schema module lookup
-
-_SCHEMA_MODULE: ModuleType | None = None
-_SCHEMA_SEARCHED = False
-# (package, file inside it): TF's copy first (the brief's preferred source), then LiteRT's.
-_SCHEMA_CANDIDATES = (
-    ("tensorflow", ("lite", "python", "schema_py_generated.py")),
-    ("ai_edge_litert", ("schema_py_generated.py",)),
-    ("tflite_runtime", ("schema_py_generated.py",)),
-)
-
-
-def schema_module() -> ModuleType | None:
-    """TFLite's generated schema classes, loaded by file path without importing their package."""
-    global _SCHEMA_MODULE, _SCHEMA_SEARCHED
-    if _SCHEMA_SEARCHED:
-        return _SCHEMA_MODULE
-    _SCHEMA_SEARCHED = True
-    for package, parts in _SCHEMA_CANDIDATES:
-        try:
-            spec = importlib.util.find_spec(package)  # top-level find_spec does not import
-        except (ImportError, ValueError):
-            continue
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        for root in spec.submodule_search_locations:
-            path = os.path.join(root, *parts)
-            if not os.path.isfile(path):
-                continue
-            try:
-                file_spec = importlib.util.spec_from_file_location(
-                    f"_edgetpu_retrain_tflite_schema_{package}", path
-                )
-                assert file_spec is not None and file_spec.loader is not None
-                module = importlib.util.module_from_spec(file_spec)
-                file_spec.loader.exec_module(module)
-                module.Model.GetRootAs  # noqa: B018 - sanity check: the generated API we use exists
-            except Exception:  # noqa: BLE001 - any failure means "use the minimal reader"
-                continue
-            _SCHEMA_MODULE = module
-            return module
-    return None
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -340,70 +262,6 @@ def _read_with_schema(m: ModuleType, buf: bytes, path: str | None) -> TFLiteMode
     )
 
 
-class _Table:
-    """Just enough of a flatbuffer table reader: scalars, strings, vectors of scalars and tables."""
-
-    __slots__ = ("buf", "pos", "vtable", "vtable_len")
-
-    def __init__(self, buf: bytes, pos: int) -> None:
-        self.buf = buf
-        self.pos = pos
-        self.vtable = pos - struct.unpack_from("<i", buf, pos)[0]
-        self.vtable_len = struct.unpack_from("<H", buf, self.vtable)[0]
-
-    def _field(self, slot: int) -> int:
-        """Absolute position of field `slot` (0-based, in schema order), or 0 when absent."""
-        voffset = 4 + 2 * slot
-        if voffset >= self.vtable_len:
-            return 0
-        rel = struct.unpack_from("<H", self.buf, self.vtable + voffset)[0]
-        return self.pos + rel if rel else 0
-
-    def scalar(self, slot: int, fmt: str, default: int | float = 0) -> Any:
-        at = self._field(slot)
-        return struct.unpack_from("<" + fmt, self.buf, at)[0] if at else default
-
-    def _indirect(self, at: int) -> int:
-        return at + struct.unpack_from("<I", self.buf, at)[0]
-
-    def string(self, slot: int) -> str | None:
-        at = self._field(slot)
-        if not at:
-            return None
-        start = self._indirect(at)
-        length = struct.unpack_from("<I", self.buf, start)[0]
-        return self.buf[start + 4 : start + 4 + length].decode("utf-8", "replace")
-
-    def _vector(self, slot: int) -> tuple[int, int] | None:
-        at = self._field(slot)
-        if not at:
-            return None
-        start = self._indirect(at)
-        return start + 4, struct.unpack_from("<I", self.buf, start)[0]
-
-    def vector_len(self, slot: int) -> int:
-        vec = self._vector(slot)
-        return vec[1] if vec else 0
-
-    def scalars(self, slot: int, fmt: str) -> tuple[Any, ...] | None:
-        vec = self._vector(slot)
-        if vec is None:
-            return None
-        start, n = vec
-        return struct.unpack_from(f"<{n}{fmt}", self.buf, start) if n else ()
-
-    def tables(self, slot: int) -> list[_Table]:
-        vec = self._vector(slot)
-        if vec is None:
-            return []
-        start, n = vec
-        return [_Table(self.buf, self._indirect(start + 4 * k)) for k in range(n)]
-
-    def table(self, slot: int) -> _Table | None:
-        at = self._field(slot)
-        return _Table(self.buf, self._indirect(at)) if at else None
-
-
 # Field slots (schema.fbs order) used by the minimal reader.
 # Model: version 0, operator_codes 1, subgraphs 2, description 3, buffers 4.
 # OperatorCode: deprecated_builtin_code 0 (byte), custom_code 1, version 2 (int, default 1), builtin_code 3.
@@ -414,7 +272,7 @@ class _Table:
 
 
 def _read_minimal(buf: bytes, path: str | None) -> TFLiteModel:
-    root = _Table(buf, struct.unpack_from("<I", buf, 0)[0])
+    root = root_table(buf)
     codes = []
     for oc in root.tables(1):
         code = max(int(oc.scalar(0, "b", 0)), int(oc.scalar(3, "i", 0)))
@@ -478,3 +336,27 @@ def _read_minimal(buf: bytes, path: str | None) -> TFLiteModel:
         outputs=tuple(int(x) for x in (sg.scalars(2, "i") or ())),
         reader="minimal",
     )
+
+
+def buffer_bytes(data: bytes, tensor_index: int, *, subgraph: int = 0) -> bytes:
+    """Raw bytes of a tensor's buffer in a .tflite (b"" for a tensor without data).
+
+    Inline `Buffer.data`, or for models over 2 GB the bytes stored after the flatbuffer
+    (`Buffer.offset`/`size`, from the start of the file). Slots as listed above the minimal reader.
+    """
+    root = root_table(data)
+    subgraphs = root.tables(2)
+    if not 0 <= subgraph < len(subgraphs):
+        raise TFLiteReadError(f"<bytes>: no subgraph {subgraph} (the model has {len(subgraphs)})")
+    tensors = subgraphs[subgraph].tables(0)
+    if not 0 <= tensor_index < len(tensors):
+        raise TFLiteReadError(f"<bytes>: no tensor {tensor_index} (subgraph {subgraph} has {len(tensors)})")
+    buffers = root.tables(4)
+    index = int(tensors[tensor_index].scalar(2, "I", 0))
+    if index >= len(buffers):
+        raise TFLiteReadError(f"<bytes>: tensor {tensor_index} names buffer {index} of {len(buffers)}")
+    vec = buffers[index].vector(0)
+    if vec is not None and vec[1]:
+        return bytes(data[vec[0] : vec[0] + vec[1]])
+    offset, size = int(buffers[index].scalar(1, "Q", 0)), int(buffers[index].scalar(2, "Q", 0))
+    return bytes(data[offset : offset + size]) if size else b""

@@ -19,6 +19,7 @@ import pytest
 from edgetpu_retrain import cli
 from edgetpu_retrain.data import tfrecord
 from edgetpu_retrain.evaluate.runtime import decode_image, resize_to_input
+from edgetpu_retrain.model import anchors as anchor_lib
 from edgetpu_retrain.model import detector as model
 from edgetpu_retrain.model.config import config_from_dict, dump_config
 
@@ -131,7 +132,7 @@ def make_deterministic_detector(cfg, images: list[np.ndarray]):
     det(np.stack(images).astype(np.float32), training=True)
     for layer in norms:
         layer.momentum = cfg.model.bn_momentum
-    sizes = model.feature_map_sizes(cfg)
+    sizes = anchor_lib.feature_map_sizes(cfg)
     assert sizes[-1] == 1
     columns = cfg.model.num_classes + 1
     for i in range(len(sizes)):

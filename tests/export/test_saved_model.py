@@ -31,7 +31,7 @@ from edgetpu_retrain.export.postprocess import (
     make_postprocess_fn,
     params_from_config,
 )  # noqa: E402
-from edgetpu_retrain.model import detector as model  # noqa: E402
+from edgetpu_retrain.model import anchors as anchor_lib  # noqa: E402
 
 # --------------------------------------------------------------------------------- postprocess
 HAND_ANCHORS = np.array(
@@ -199,7 +199,7 @@ def test_params_from_config_and_rejections(micro_snapshot):
         params.nms_score_threshold,
         params.nms_iou_threshold,
     ) == (4, MAX_DETECTIONS, 0.25, 0.45)
-    assert params.scales == model.BOX_SCALES
+    assert params.scales == anchor_lib.BOX_SCALES
     with pytest.raises(UserError, match="detections_per_class"):
         params_from_config(make_config(micro_snapshot, use_regular_nms=True, detections_per_class=5))
     with pytest.raises(UserError, match="max_classes_per_detection"):
@@ -210,7 +210,7 @@ def test_params_from_config_and_rejections(micro_snapshot):
 def test_export_cli_signature(tiny_run, loaded_saved_model):
     result, out = tiny_run["export"], tiny_run["saved_model"]
     assert result["saved_model"] == str(out) and result["out_dir"] == str(out)
-    assert result["num_anchors"] == model.num_anchors(tiny_run["cfg"]) == 192
+    assert result["num_anchors"] == anchor_lib.num_anchors(tiny_run["cfg"]) == 192
     assert result["signature"] == {
         "inputs": {"images": [[1, SIZE, SIZE, 3], "uint8"]},
         "outputs": {
@@ -242,7 +242,7 @@ def test_export_outputs_on_real_images(tiny_run, micro_snapshot, loaded_saved_mo
     loaded = loaded_saved_model
     serve, tfl = loaded.signatures["serving_default"], loaded.signatures["tflite"]
     det, cfg = tiny_run["detector"], tiny_run["cfg"]
-    anchors = model.anchors(cfg)
+    anchors = anchor_lib.anchors(cfg)
     top_anchor = len(anchors) - 6 + TOP_ANCHOR_TYPE  # the 1x1 map has 6 anchor types, last in order
     tops = []
     for image in snapshot_images(micro_snapshot, "test"):

@@ -1,4 +1,4 @@
-"""model.py (detector, anchors, checkpoints) and boxes.py (coder, IoU, matcher)."""
+"""model/detector.py (detector, checkpoints), model/anchors.py and model/boxes.py (coder, IoU, matcher)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 
 from edgetpu_retrain.common import UserError  # noqa: E402
+from edgetpu_retrain.model import anchors as anchor_lib  # noqa: E402
 from edgetpu_retrain.model import boxes  # noqa: E402
 from edgetpu_retrain.model import detector as model  # noqa: E402
 from edgetpu_retrain.model.config import config_from_dict  # noqa: E402
@@ -49,8 +50,8 @@ def test_output_shapes_match_anchors(base, head, size):
     cfg = make_cfg(base, head, size, alpha=0.25 if base == "mobilenet_v1_ssd" else 0.35)
     det = model.build_detector(cfg)
     encodings, logits = det(np.zeros((2, size, size, 3), np.float32), training=False)
-    anchors = model.anchors(cfg)
-    assert anchors.dtype == np.float32 and anchors.shape == (model.num_anchors(cfg), 4)
+    anchors = anchor_lib.anchors(cfg)
+    assert anchors.dtype == np.float32 and anchors.shape == (anchor_lib.num_anchors(cfg), 4)
     assert encodings.shape == (2, anchors.shape[0], 4)
     assert logits.shape == (2, anchors.shape[0], 4)  # 3 classes + background
     # foreground starts at the 1% prior, background at 0.5 (sigmoid)
@@ -67,18 +68,18 @@ def test_output_shapes_match_anchors(base, head, size):
 def test_classic_anchor_counts():
     # SSDLite MobileNetV2 at 300x300: 19x19x3 + (10^2+5^2+3^2+2^2+1) x 6 = 1917, as published
     cfg = make_cfg(size=300)
-    assert model.feature_map_sizes(cfg) == [19, 10, 5, 3, 2, 1]
-    assert model.num_anchors(cfg) == 1917
-    a = model.anchors(cfg)
+    assert anchor_lib.feature_map_sizes(cfg) == [19, 10, 5, 3, 2, 1]
+    assert anchor_lib.num_anchors(cfg) == 1917
+    a = anchor_lib.anchors(cfg)
     assert np.all((a[:, :2] > 0) & (a[:, :2] < 1)) and np.all(a[:, 2:] > 0)
     np.testing.assert_allclose(a[0], [0.5 / 19, 0.5 / 19, 0.1, 0.1], rtol=1e-5)
     np.testing.assert_allclose(a[-1, :2], [0.5, 0.5])
-    assert model.BOX_SCALES == boxes.BOX_SCALES == (10.0, 10.0, 5.0, 5.0)
+    assert anchor_lib.BOX_SCALES == boxes.BOX_SCALES == (10.0, 10.0, 5.0, 5.0)
 
 
 def test_box_coder_round_trip():
     rng = np.random.default_rng(0)
-    anchors = model.anchors(make_cfg(size=128))
+    anchors = anchor_lib.anchors(make_cfg(size=128))
     y0, x0 = rng.uniform(0, 0.6, (2, len(anchors)))
     h, w = rng.uniform(0.05, 0.4, (2, len(anchors)))
     gt = np.stack([y0, x0, y0 + h, x0 + w], -1).astype(np.float32)

@@ -30,9 +30,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from edgetpu_retrain.model.detector import (
-    BOX_SCALES as DEFAULT_SCALES,
-)  # (y, x, h, w); detector.py imports no TF
+from edgetpu_retrain.model.anchors import BOX_SCALES as DEFAULT_SCALES  # (y, x, h, w); no TF import
 
 if TYPE_CHECKING:
     from edgetpu_retrain.model.config import Config

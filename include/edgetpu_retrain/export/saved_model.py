@@ -82,7 +82,7 @@ def labels_txt(pairs: list[tuple[int, str]]) -> str:
 
 
 def build_archive(
-    detector: Any, anchors: Any, params: Any, input_size: tuple[int, int], score_converter: str = "sigmoid"
+    detector: Any, anchors: Any, params: Any, *, input_size: tuple[int, int], score_converter: str = "sigmoid"
 ) -> Any:
     """keras.export.ExportArchive with both signatures (see the module docstring).
 
@@ -160,44 +160,23 @@ def export_detector(
     from edgetpu_retrain.export.postprocess import params_from_config
 
     if anchors is None:
-        from edgetpu_retrain.model import detector as model_lib
+        from edgetpu_retrain.model import anchors as anchors_lib
 
-        anchors = model_lib.anchors(cfg)
+        anchors = anchors_lib.anchors(cfg)
     anchors = np.asarray(anchors, dtype=np.float32)
     params = params if params is not None else params_from_config(cfg)
     input_size = (int(cfg.model.input_size), int(cfg.model.input_size))  # square (config.ModelConfig)
-
-    box_shape = logit_shape = None
-    if len(getattr(detector, "outputs", None) or ()) == 2:
-        box_shape, logit_shape = (tuple(t.shape) for t in detector.outputs)
-    if box_shape is not None and box_shape[1] is not None and box_shape[1] != anchors.shape[0]:
-        raise common.UserError(
-            f"model has {box_shape[1]} anchors but model.anchors(cfg) gives {anchors.shape[0]}; "
-            "the config does not match the checkpoint — export with the config used for training"
-        )
-    if logit_shape is not None and logit_shape[-1] is not None and logit_shape[-1] != params.num_classes + 1:
-        raise common.UserError(
-            f"model predicts {logit_shape[-1]} columns, expected num_classes + 1 = {params.num_classes + 1} "
-            "(background first); the config does not match the checkpoint"
-        )
+    _check_model_matches(detector, num_anchors=int(anchors.shape[0]), num_classes=int(params.num_classes))
     if params.use_regular_nms:
         log.info("regular NMS: TFLite always keeps %d detections per class", params.detections_per_class)
 
     out_dir = Path(out_dir).resolve()
     pairs = class_names(cfg)
     score_converter = getattr(cfg.model, "score_converter", "sigmoid")
-    archive = build_archive(detector, anchors, params, input_size, score_converter)
+    archive = build_archive(detector, anchors, params, input_size=input_size, score_converter=score_converter)
     with common.atomic_dir(out_dir) as tmp:
         archive.write_out(str(tmp), verbose=False)
-        label_map = getattr(getattr(cfg, "data", None), "label_map", None)
-        if label_map and Path(label_map).is_file():
-            shutil.copyfile(label_map, tmp / "label_map.pbtxt")
-        else:
-            from edgetpu_retrain.data.labelmap import LabelItem, format_label_map
-
-            items = [LabelItem(id=i, name=name) for i, name in pairs]
-            (tmp / "label_map.pbtxt").write_text(format_label_map(items), encoding="utf-8")
-        (tmp / "labels.txt").write_text(labels_txt(pairs), encoding="utf-8")
+        _write_label_files(tmp, cfg, pairs)
         details = archive_details(archive)
         _check_signature(details, input_size, params.max_detections)  # before the rename publishes it
         info = {
@@ -226,6 +205,36 @@ def export_detector(
         "label_map": str(out_dir / "label_map.pbtxt"),
         "out_dir": str(out_dir),
     }
+
+
+def _check_model_matches(detector: Any, *, num_anchors: int, num_classes: int) -> None:
+    """The Keras model's output shapes agree with the config's anchors and classes (else UserError)."""
+    box_shape = logit_shape = None
+    if len(getattr(detector, "outputs", None) or ()) == 2:
+        box_shape, logit_shape = (tuple(t.shape) for t in detector.outputs)
+    if box_shape is not None and box_shape[1] is not None and box_shape[1] != num_anchors:
+        raise common.UserError(
+            f"model has {box_shape[1]} anchors but model.anchors(cfg) gives {num_anchors}; "
+            "the config does not match the checkpoint — export with the config used for training"
+        )
+    if logit_shape is not None and logit_shape[-1] is not None and logit_shape[-1] != num_classes + 1:
+        raise common.UserError(
+            f"model predicts {logit_shape[-1]} columns, expected num_classes + 1 = {num_classes + 1} "
+            "(background first); the config does not match the checkpoint"
+        )
+
+
+def _write_label_files(folder: Path, cfg: Config, pairs: list[tuple[int, str]]) -> None:
+    """label_map.pbtxt (the dataset's, else written from the config's classes) and labels.txt."""
+    label_map = getattr(getattr(cfg, "data", None), "label_map", None)
+    if label_map and Path(label_map).is_file():
+        shutil.copyfile(label_map, folder / "label_map.pbtxt")
+    else:
+        from edgetpu_retrain.data.labelmap import LabelItem, format_label_map
+
+        items = [LabelItem(id=i, name=name) for i, name in pairs]
+        (folder / "label_map.pbtxt").write_text(format_label_map(items), encoding="utf-8")
+    (folder / "labels.txt").write_text(labels_txt(pairs), encoding="utf-8")
 
 
 def _check_signature(details: dict[str, Any], input_size: tuple[int, int], k: int) -> None:

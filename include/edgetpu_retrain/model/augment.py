@@ -36,7 +36,7 @@ def flip(image: tf.Tensor, boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
 
 
 def crop_boxes(
-    boxes: tf.Tensor, labels: tf.Tensor, window: tf.Tensor, min_visible: float
+    boxes: tf.Tensor, labels: tf.Tensor, window: tf.Tensor, *, min_visible: float
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Boxes in the coordinates of `window` (ymin, xmin, ymax, xmax, normalized to the image).
 
@@ -104,7 +104,7 @@ def color_jitter(image: tf.Tensor, seed: tf.Tensor, aug: Any) -> tf.Tensor:
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 
-def resize_only(image: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor, size: int):
+def resize_only(image: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor, *, size: int):
     return resize(image, size), tf.clip_by_value(boxes, 0.0, 1.0), labels
 
 
@@ -114,7 +114,7 @@ def augment(image: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor, seed: tf.Tens
     boxes = tf.clip_by_value(tf.cast(boxes, tf.float32), 0.0, 1.0)
     if aug.scale_crop:
         image, window = crop_pixels(image, random_window(seed, aug))
-        boxes, labels = crop_boxes(boxes, labels, window, aug.min_visible)
+        boxes, labels = crop_boxes(boxes, labels, window, min_visible=aug.min_visible)
     image = resize(image, size)
     if aug.flip:
         do_flip = tf.random.stateless_uniform([], seed=_seed(seed, 2)) < 0.5

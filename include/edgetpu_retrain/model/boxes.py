@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from edgetpu_retrain.model.detector import BOX_SCALES  # (y, x, h, w) = (10, 10, 5, 5)
+from edgetpu_retrain.model.anchors import BOX_SCALES  # (y, x, h, w) = (10, 10, 5, 5)
 
 _EPS = 1e-8
 

@@ -1,4 +1,4 @@
-"""The SSD / SSDLite MobileNet detector (Keras 3), its anchors and checkpoint loading.
+"""The SSD / SSDLite MobileNet detector (Keras 3) and checkpoint loading (anchors: `anchors.py`).
 
 `build_detector(cfg)` maps float32 images [B,H,W,3] with pixel values 0..255 to
 `(box_encodings [B,N,4], class_logits [B,N,C+1])`, class 0 = background. The model rescales pixels to
@@ -17,94 +17,45 @@ rescale; Edge TPU supports Mul), RESHAPE, CONCATENATION (+ QUANTIZE/DEQUANTIZE);
 Export with a STATIC batch-1 input signature: with a None batch the Keras Reshape layers add
 SHAPE / STRIDED_SLICE / PACK ops.
 
-Anchor order = prediction order: maps in order, then row, column, anchor-at-location.
+Anchor order = prediction order: maps in order, then row, column, anchor-at-location (`anchors.py`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edgetpu_retrain.common import UserError, log
+from edgetpu_retrain.model.anchors import BOX_SCALES, anchor_specs, anchors, feature_map_sizes, num_anchors
 
 if TYPE_CHECKING:
     from edgetpu_retrain.model.config import Config
 
-BOX_SCALES = (10.0, 10.0, 5.0, 5.0)  # (y, x, h, w), FasterRcnnBoxCoder scales (boxes/postprocess import it)
 FEATURE_LAYERS = {
     "mobilenet_v1_ssd": ("conv_pw_11_relu", "conv_pw_13_relu"),
     "mobilenet_v2_ssd": ("block_13_expand_relu", "out_relu"),
 }
 CLASS_PRIOR = 0.01  # initial foreground probability of every anchor (focal-loss style bias init)
 _FROM_CONFIG = object()
-
-
-# ------------------------------------------------------------------------------------- anchors
-def _backbone_size(base: str, size: int, stride: int) -> int:
-    """Feature-map side after `stride` in the keras.applications backbone.
-
-    MobileNetV2 pads stride-2 layers 'correctly' (ceil); MobileNet V1 pads (0,1) then a valid 3x3
-    (floor).
-    """
-    for _ in range(int(math.log2(stride))):
-        size = -(-size // 2) if base == "mobilenet_v2_ssd" else size // 2
-    return size
-
-
-def feature_map_sizes(cfg: Config) -> list[int]:
-    """Square side of every anchor-carrying feature map, in prediction order."""
-    m = cfg.model
-    sizes = [_backbone_size(m.base, m.input_size, 16), _backbone_size(m.base, m.input_size, 32)]
-    while len(sizes) < m.anchors.num_layers:
-        sizes.append(-(-sizes[-1] // 2))  # 'same' stride-2 conv
-    return sizes[: m.anchors.num_layers]
-
-
-def anchor_specs(cfg: Config) -> list[list[tuple[float, float]]]:
-    """Per feature map, the (scale, aspect_ratio) of each anchor at one location (TF OD API rules)."""
-    a = cfg.model.anchors
-    n = a.num_layers
-    scales = [a.min_scale + (a.max_scale - a.min_scale) * i / (n - 1) for i in range(n)] + [1.0]
-    specs = []
-    for i in range(n):
-        if i == 0 and a.reduce_boxes_in_lowest_layer:
-            specs.append([(0.1, 1.0), (scales[0], 2.0), (scales[0], 0.5)])
-            continue
-        layer = [(scales[i], float(r)) for r in a.aspect_ratios]
-        if a.interpolated_scale_aspect_ratio > 0:
-            layer.append((math.sqrt(scales[i] * scales[i + 1]), a.interpolated_scale_aspect_ratio))
-        specs.append(layer)
-    return specs
-
-
-def anchors(cfg: Config) -> np.ndarray:
-    """All anchors [N, 4] float32 (ycenter, xcenter, h, w), normalized, in prediction order."""
-    return _anchors_cached(tuple(feature_map_sizes(cfg)), tuple(tuple(s) for s in anchor_specs(cfg))).copy()
-
-
-@lru_cache(maxsize=16)
-def _anchors_cached(sizes: tuple[int, ...], specs: tuple[tuple[tuple[float, float], ...], ...]) -> np.ndarray:
-    out = []
-    for size, spec in zip(sizes, specs, strict=False):
-        centers = (np.arange(size, dtype=np.float64) + 0.5) / size
-        yc, xc = np.meshgrid(centers, centers, indexing="ij")  # [size, size]
-        hw = np.array([[s / math.sqrt(r), s * math.sqrt(r)] for s, r in spec])  # [A, 2]
-        grid = np.zeros((size, size, len(spec), 4))
-        grid[..., 0] = yc[:, :, None]
-        grid[..., 1] = xc[:, :, None]
-        grid[..., 2] = hw[None, None, :, 0]
-        grid[..., 3] = hw[None, None, :, 1]
-        out.append(grid.reshape(-1, 4))
-    return np.concatenate(out).astype(np.float32)
-
-
-def num_anchors(cfg: Config) -> int:
-    return sum(s * s * len(spec) for s, spec in zip(feature_map_sizes(cfg), anchor_specs(cfg), strict=False))
+# The anchor API lives in model/anchors.py; re-exported because train.py and its tests call it through
+# this module (`detector.anchors(cfg)`).
+__all__ = [
+    "BOX_SCALES",
+    "CLASS_PRIOR",
+    "FEATURE_LAYERS",
+    "anchor_specs",
+    "anchors",
+    "build_detector",
+    "class_scores",
+    "feature_map_sizes",
+    "load_detector",
+    "num_anchors",
+    "resolve_checkpoint",
+]
 
 
 # --------------------------------------------------------------------------------------- model
@@ -137,7 +88,7 @@ def _backbone(cfg: Config, weights: str | None):
     )
 
 
-def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, momentum: float):
+def _conv_bn(x: Any, filters: int, kernel: int, *, stride: int, name: str, momentum: float) -> Any:
     from keras import layers
 
     x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
@@ -145,7 +96,7 @@ def _conv_bn(x, filters: int, kernel: int, stride: int, name: str, momentum: flo
     return layers.ReLU(6.0, name=f"{name}_relu6")(x)
 
 
-def _dw_bn(x, stride: int, name: str, momentum: float):
+def _dw_bn(x: Any, *, stride: int, name: str, momentum: float) -> Any:
     from keras import layers
 
     x = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
@@ -153,12 +104,14 @@ def _dw_bn(x, stride: int, name: str, momentum: float):
     return layers.ReLU(6.0, name=f"{name}_dw_relu6")(x)
 
 
-def _predictor(x, outputs: int, name: str, head: str, momentum: float, bias_init: Any = "zeros"):
+def _predictor(
+    x: Any, outputs: int, *, name: str, head: str, momentum: float, bias_init: Any = "zeros"
+) -> Any:
     from keras import layers
 
     if head == "ssd":
         return layers.Conv2D(outputs, 3, padding="same", bias_initializer=bias_init, name=f"{name}_conv")(x)
-    x = _dw_bn(x, 1, name, momentum)
+    x = _dw_bn(x, stride=1, name=name, momentum=momentum)
     return layers.Conv2D(outputs, 1, padding="same", bias_initializer=bias_init, name=f"{name}_conv")(x)
 
 
@@ -190,12 +143,12 @@ def build_detector(cfg: Config, *, weights: Any = _FROM_CONFIG):
     y = feats[-1]
     for i, d in enumerate(m.extra_layer_depths[: m.anchors.num_layers - 2]):
         name = f"extra_{i + 1}"
-        y = _conv_bn(y, depth(d) // 2, 1, 1, f"{name}_1x1", momentum)
+        y = _conv_bn(y, depth(d) // 2, 1, stride=1, name=f"{name}_1x1", momentum=momentum)
         if m.head == "ssdlite":
-            y = _dw_bn(y, 2, f"{name}_3x3s2", momentum)
-            y = _conv_bn(y, depth(d), 1, 1, f"{name}_3x3s2_pw", momentum)
+            y = _dw_bn(y, stride=2, name=f"{name}_3x3s2", momentum=momentum)
+            y = _conv_bn(y, depth(d), 1, stride=1, name=f"{name}_3x3s2_pw", momentum=momentum)
         else:
-            y = _conv_bn(y, depth(d), 3, 2, f"{name}_3x3s2", momentum)
+            y = _conv_bn(y, depth(d), 3, stride=2, name=f"{name}_3x3s2", momentum=momentum)
         feats.append(y)
     feats = feats[: m.anchors.num_layers]
 
@@ -206,9 +159,14 @@ def build_detector(cfg: Config, *, weights: Any = _FROM_CONFIG):
             raise RuntimeError(f"feature map {i} is {tuple(f.shape[1:3])}, anchors expect {size}x{size}")
         a = len(spec)
         bias = np.tile(np.array([0.0] + [prior] * m.num_classes, np.float32), a)
-        b = _predictor(f, a * 4, f"box_{i}", m.head, momentum)
+        b = _predictor(f, a * 4, name=f"box_{i}", head=m.head, momentum=momentum)
         c = _predictor(
-            f, a * num_outputs, f"class_{i}", m.head, momentum, bias_init=keras.initializers.Constant(bias)
+            f,
+            a * num_outputs,
+            name=f"class_{i}",
+            head=m.head,
+            momentum=momentum,
+            bias_init=keras.initializers.Constant(bias),
         )
         box_outs.append(layers.Reshape((size * size * a, 4), name=f"box_{i}_reshape")(b))
         cls_outs.append(layers.Reshape((size * size * a, num_outputs), name=f"class_{i}_reshape")(c))

@@ -41,9 +41,9 @@ def pad_boxes(box: tf.Tensor, label: tf.Tensor, max_boxes: int) -> tuple[tf.Tens
 def preprocess(
     cfg: Config,
     image: tf.Tensor,
+    *,
     box: tf.Tensor,
     label: tf.Tensor,
-    *,
     training: bool,
     seed: tf.Tensor | None = None,
 ):
@@ -53,12 +53,12 @@ def preprocess(
     if training:
         image, box, label = augment.augment(image, box, label, seed, cfg.train.augmentation, size)
     else:
-        image, box, label = augment.resize_only(image, box, label, size)
+        image, box, label = augment.resize_only(image, box, label, size=size)
     box, label = pad_boxes(box, label, cfg.train.max_boxes)
     return tf.ensure_shape(image, [size, size, 3]), box, label
 
 
-def targets(cfg: Config, anchors: tf.Tensor, box: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
+def targets(cfg: Config, anchors: tf.Tensor, *, box: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
     cls_t, box_t, _ = boxes.match(
         box,
         label,
@@ -93,8 +93,8 @@ def train_dataset(
     def load(index, serialized):
         image, box, label = parse_record(serialized)
         seed = tf.stack([tf.constant(t.seed, tf.int64), tf.cast(index, tf.int64)])
-        image, box, label = preprocess(cfg, image, box, label, training=True, seed=seed)
-        out = targets(cfg, anchors, box, label)
+        image, box, label = preprocess(cfg, image, box=box, label=label, training=True, seed=seed)
+        out = targets(cfg, anchors, box=box, label=label)
         if with_boxes:
             out.update(boxes=box, labels=label)
         return image, out

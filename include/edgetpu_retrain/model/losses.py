@@ -54,7 +54,7 @@ def cross_entropy(logits: tf.Tensor, cls_targets: tf.Tensor, *, softmax: bool) -
 
 
 def hard_negative_mask(
-    neg_loss: tf.Tensor, negatives: tf.Tensor, num_pos: tf.Tensor, ratio: float, min_negatives: int = 3
+    neg_loss: tf.Tensor, negatives: tf.Tensor, num_pos: tf.Tensor, *, ratio: float, min_negatives: int = 3
 ) -> tf.Tensor:
     """[B,N] bool: per image the ratio*num_pos (at least min_negatives) highest-loss negatives."""
     scores = tf.where(negatives, neg_loss, -1.0)
@@ -82,7 +82,9 @@ def detection_loss(
         cls_loss = tf.reduce_sum(focal_loss(logits, cls_targets, alpha=t.focal_alpha, gamma=t.focal_gamma))
     else:
         per_anchor = cross_entropy(logits, cls_targets, softmax=cfg.model.score_converter == "softmax")
-        keep = positives | hard_negative_mask(per_anchor, cls_targets == 0, num_pos_img, t.neg_pos_ratio)
+        keep = positives | hard_negative_mask(
+            per_anchor, cls_targets == 0, num_pos_img, ratio=t.neg_pos_ratio
+        )
         cls_loss = tf.reduce_sum(per_anchor * tf.cast(keep, tf.float32))
     cls_loss = cls_loss / normalizer
     total = t.box_loss_weight * box_loss + t.class_loss_weight * cls_loss

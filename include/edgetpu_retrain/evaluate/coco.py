@@ -127,9 +127,43 @@ def coco_eval(
     "labels" [n] 1-based}; detections: per image (same order) {"boxes" normalized, "classes" [n]
     0-based, "scores" [n]}. Returns {"map", "map50", "per_class", "objects", "detections"}.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
+    images, annotations, results = _coco_records(ground_truth, detections)
+    objects = {cid: 0 for cid, _ in classes}
+    for ann in annotations:
+        objects[ann["category_id"]] = objects.get(ann["category_id"], 0) + 1
+    per_class: dict[str, Any] = {
+        name: {"ap": None, "ap50": None, "objects": objects.get(cid, 0)} for cid, name in classes
+    }
+    out = {
+        "map": 0.0,
+        "map50": 0.0,
+        "per_class": per_class,
+        "objects": len(annotations),
+        "detections": len(results),
+    }
+    if not annotations:
+        return out
+    known = {cid for cid, _ in classes}
+    results = [r for r in results if r["category_id"] in known]
+    if not results:
+        return out
+    ev = _run_cocoeval(images, annotations, results, classes=classes)
+    precision = ev.eval["precision"]  # [T iou, R recall, K class, A area, M maxDets]
+    for k, cid in enumerate(ev.params.catIds):
+        name = dict(classes)[cid]
+        if objects.get(cid, 0) == 0:
+            continue
+        per_class[name]["ap"] = _mean_precision(precision[:, :, k, 0, -1])
+        per_class[name]["ap50"] = _mean_precision(precision[0, :, k, 0, -1])
+    out["map"] = _round(max(float(ev.stats[0]), 0.0))
+    out["map50"] = _round(max(float(ev.stats[1]), 0.0))
+    return out
 
+
+def _coco_records(
+    ground_truth: list[dict[str, Any]], detections: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(images, annotations, results) in COCO format, boxes in pixels of the original image."""
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
@@ -165,25 +199,20 @@ def coco_eval(
                     "score": float(score),
                 }
             )
-    objects = {cid: 0 for cid, _ in classes}
-    for ann in annotations:
-        objects[ann["category_id"]] = objects.get(ann["category_id"], 0) + 1
-    per_class: dict[str, Any] = {
-        name: {"ap": None, "ap50": None, "objects": objects.get(cid, 0)} for cid, name in classes
-    }
-    out = {
-        "map": 0.0,
-        "map50": 0.0,
-        "per_class": per_class,
-        "objects": len(annotations),
-        "detections": len(results),
-    }
-    if not annotations:
-        return out
-    known = {cid for cid, _ in classes}
-    results = [r for r in results if r["category_id"] in known]
-    if not results:
-        return out
+    return images, annotations, results
+
+
+def _run_cocoeval(
+    images: list[dict[str, Any]],
+    annotations: list[dict[str, Any]],
+    results: list[dict[str, Any]],
+    *,
+    classes: list[tuple[int, str]],
+) -> Any:
+    """pycocotools' COCOeval (bbox), evaluated, accumulated and summarized."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
     with contextlib.redirect_stdout(sys.stderr):  # pycocotools prints; stdout is for the JSON line
         gt_api = COCO()
         gt_api.dataset = {
@@ -197,18 +226,12 @@ def coco_eval(
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
-    precision = ev.eval["precision"]  # [T iou, R recall, K class, A area, M maxDets]
-    for k, cid in enumerate(ev.params.catIds):
-        name = dict(classes)[cid]
-        if objects.get(cid, 0) == 0:
-            continue
-        p_all = precision[:, :, k, 0, -1]
-        p50 = precision[0, :, k, 0, -1]
-        per_class[name]["ap"] = _round(float(np.mean(p_all[p_all > -1])) if np.any(p_all > -1) else 0.0)
-        per_class[name]["ap50"] = _round(float(np.mean(p50[p50 > -1])) if np.any(p50 > -1) else 0.0)
-    out["map"] = _round(max(float(ev.stats[0]), 0.0))
-    out["map50"] = _round(max(float(ev.stats[1]), 0.0))
-    return out
+    return ev
+
+
+def _mean_precision(p: np.ndarray) -> float:
+    """Mean of the valid (> -1) precision entries, 0 when there are none; rounded."""
+    return _round(float(np.mean(p[p > -1])) if np.any(p > -1) else 0.0)
 
 
 def _xywh(box: np.ndarray, w: float, h: float) -> tuple[float, float, float, float]:

@@ -45,7 +45,7 @@ class Detections:
         return int(self.scores.shape[0])
 
     @classmethod
-    def from_outputs(cls, boxes: Any, classes: Any, scores: Any, count: Any) -> Detections:
+    def from_outputs(cls, *, boxes: Any, classes: Any, scores: Any, count: Any) -> Detections:
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
         classes = np.asarray(classes, np.float32).reshape(-1)
         scores = np.asarray(scores, np.float32).reshape(-1)
@@ -126,7 +126,7 @@ class SavedModelDetector(Detector):
     def _run(self, batch: np.ndarray) -> Detections:
         x = self._tf.constant(batch, dtype=self._dtype)
         out = self._fn(**{self._input_name: x})
-        return Detections.from_outputs(*(out[n].numpy()[0] for n in CONTRACT_NAMES))
+        return Detections.from_outputs(**{n: out[n].numpy()[0] for n in CONTRACT_NAMES})
 
 
 class TFLiteDetector(Detector):
@@ -176,27 +176,41 @@ class TFLiteDetector(Detector):
             return dict(zip(("boxes", "classes", "scores", "count"), idx, strict=False))
         return dict(zip(("scores", "boxes", "count", "classes"), idx, strict=False))
 
-    def _prepare(self, batch: np.ndarray) -> np.ndarray:
-        dtype = np.dtype(self._input["dtype"])
-        if dtype == np.float32:
-            return batch.astype(np.float32)
-        scale, zero = self._input.get("quantization", (0.0, 0))
-        if dtype == np.uint8 and (scale == 0.0 or (abs(scale - 1.0) < 1e-6 and zero == 0)):
-            return batch
-        info = np.iinfo(dtype)
-        q = np.rint(batch.astype(np.float32) / scale + zero)
-        return np.clip(q, info.min, info.max).astype(dtype)
-
     def _run(self, batch: np.ndarray) -> Detections:
         it = self._interpreter
-        it.set_tensor(self._input["index"], self._prepare(batch))
+        quantization = self._input.get("quantization", (0.0, 0))
+        it.set_tensor(self._input["index"], quantize_input(batch, self._input["dtype"], quantization))
         it.invoke()
         out = {k: it.get_tensor(i) for k, i in self.output_indices.items()}
-        return Detections.from_outputs(out["boxes"][0], out["classes"][0], out["scores"][0], out["count"])
+        return Detections.from_outputs(
+            boxes=out["boxes"][0], classes=out["classes"][0], scores=out["scores"][0], count=out["count"]
+        )
 
     def describe(self) -> dict[str, Any]:
         scale, zero = self._input.get("quantization", (0.0, 0))
         return {**super().describe(), "input_quantization": [float(scale), int(zero)]}
+
+
+def is_identity_quantization(scale: float, zero_point: int) -> bool:
+    """True for scale 1, zero point 0: uint8 pixels 0..255 are the quantized values themselves."""
+    return abs(scale - 1.0) < 1e-6 and zero_point == 0
+
+
+def quantize_input(batch: np.ndarray, dtype: Any, quantization: tuple[float, int]) -> np.ndarray:
+    """uint8 pixels 0..255 -> the values a .tflite input of `dtype` with (scale, zero point) takes.
+
+    float32: the pixel values as floats; uint8 without quantization or with the identity one: as
+    they are; otherwise round(x / scale + zero point), clipped to the integer type's range.
+    """
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return batch.astype(np.float32)
+    scale, zero = quantization
+    if dtype == np.uint8 and (scale == 0.0 or is_identity_quantization(scale, zero)):
+        return batch.astype(np.uint8, copy=False)
+    info = np.iinfo(dtype)
+    q = np.rint(batch.astype(np.float32) / scale + zero)
+    return np.clip(q, info.min, info.max).astype(dtype)
 
 
 def open_detector(path: str | Path, *, num_threads: int | None = None) -> Detector:

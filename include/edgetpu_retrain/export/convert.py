@@ -284,6 +284,8 @@ def check_model(data: bytes, *, quantized: bool, sample: np.ndarray) -> dict[str
     """Verify a converted model under ai_edge_litert; returns its details (raises RuntimeError if wrong)."""
     from ai_edge_litert.interpreter import Interpreter
 
+    from edgetpu_retrain.evaluate.runtime import is_identity_quantization, quantize_input
+
     ops = op_counts(data)
     if not any(k.startswith(f"CUSTOM {CUSTOM_OP} ") for k in ops):
         raise RuntimeError(
@@ -309,12 +311,10 @@ def check_model(data: bytes, *, quantized: bool, sample: np.ndarray) -> dict[str
                 f"output {name}: {np.dtype(d['dtype']).name} {list(d['shape'])}, "
                 f"expected float32 {shapes[name]}"
             )
-    x = sample[np.newaxis]
     scale, zero = inp["quantization"]
-    if quantized and not (abs(scale - 1.0) < 1e-6 and zero == 0):
+    if quantized and not is_identity_quantization(scale, zero):
         log.warning("uint8 input quantization is scale %s zero point %s (expected 1, 0)", scale, zero)
-        x = np.clip(np.rint(x / scale + zero), 0, 255)
-    interpreter.set_tensor(inp["index"], x.astype(want_in))
+    interpreter.set_tensor(inp["index"], quantize_input(sample[np.newaxis], want_in, (scale, zero)))
     interpreter.invoke()
     count = float(interpreter.get_tensor(outputs[0]["index"])[0])
     return {

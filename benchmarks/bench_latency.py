@@ -34,18 +34,17 @@ def default_image() -> Path:
     return images[0]
 
 
-def bench(path: Path, threads: int, image: np.ndarray, runs: int, warmup: int) -> list[float]:
+def bench(path: Path, threads: int, image: np.ndarray, *, runs: int, warmup: int) -> list[float]:
     from ai_edge_litert.interpreter import Interpreter
 
-    from edgetpu_retrain.evaluate.runtime import TFLiteDetector
+    from edgetpu_retrain.evaluate.runtime import quantize_input
 
     interpreter = Interpreter(model_path=str(path), num_threads=threads)
     interpreter.allocate_tensors()
     (inp,) = interpreter.get_input_details()
     # feed exactly what the runtime would (uint8 as is, float as 0..255, other quantization applied)
-    runner = TFLiteDetector.__new__(TFLiteDetector)
-    runner._input = inp  # noqa: SLF001 - reuse the input preparation only
-    interpreter.set_tensor(inp["index"], runner._prepare(image[np.newaxis]))  # noqa: SLF001
+    quantization = inp.get("quantization", (0.0, 0))
+    interpreter.set_tensor(inp["index"], quantize_input(image[np.newaxis], inp["dtype"], quantization))
     outputs = [d["index"] for d in interpreter.get_output_details()]
     for _ in range(warmup):
         interpreter.invoke()
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         image = resize_to_input(pixels, (tensor.shape[1], tensor.shape[2]))
         for threads in (int(t) for t in args.threads.split(",") if t.strip()):
-            times = bench(path, threads, image, args.runs, args.warmup)
+            times = bench(path, threads, image, runs=args.runs, warmup=args.warmup)
             ordered = sorted(times)
             print(
                 f"  threads {threads}: mean {statistics.fmean(times):.3f} ms, median "

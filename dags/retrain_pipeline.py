@@ -1,7 +1,7 @@
 """edgetpu_retrain: newly labeled LabelImg images -> SSD MobileNet -> Edge TPU model (wiring only).
 
 Every step is one `edgetpu-retrain <verb>` command run by the runner in EDGETPU_RUNNER
-(`edgetpu_retrain.pipeline.runners`); params and the drop sensor's logic live in
+(`edgetpu_retrain.pipeline.runners`); params, templates and the drop sensor live in
 `edgetpu_retrain.pipeline`. Nothing heavy is imported here.
 """
 
@@ -11,38 +11,13 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, PokeReturnValue, TriggerRule, chain, task
+from airflow.sdk import DAG, chain
 
-from edgetpu_retrain.pipeline import drops
-from edgetpu_retrain.pipeline.params import config_sets, dag_params
-from edgetpu_retrain.pipeline.runners import JINJA_FILTERS, Flag, Repeat, RunnerSettings, from_step, step_task
-
-SOURCE = "ti.xcom_pull(task_ids='wait_for_drop')"
-CONFIG = from_step("render_config", "config")
-DATASET = from_step("build_dataset", "dataset_dir")
-INT8_TFLITE = from_step("tflite", "int8")
-FLOAT_TFLITE = from_step("tflite", "float")
-REPORT_STEPS = {  # report step name -> task id whose JSON result it gets
-    "validate": "validate", "dataset": "build_dataset", "config": "render_config", "train": "train",
-    "export": "export", "tflite": "tflite", "edgetpu": "edgetpu", "evaluate-float": "evaluate_float",
-    "evaluate-int8": "evaluate_int8", "promote": "promote",
-}  # fmt: skip
-
-DOC_MD = """
-### Retrain an Edge TPU detector from newly labeled images
-
-`download` (only with a `manifest`) -> `wait_for_drop` -> `validate` -> `build_dataset` ->
-`render_config` -> `train` (pool `{pool}`) -> `export` -> `tflite` -> `edgetpu` ->
-`evaluate_float` + `evaluate_int8` -> `promote` -> `report`.
-
-* **Data**: set `dataset_folder` to your LabelImg folder, or let the sensor pick the newest
-  `{root}/incoming/<drop_id>/` whose `READY` marker is older than the run's data interval end
-  (manual runs: older than the trigger time). Nothing ready before the timeout -> the run is skipped.
-* **Artifacts**: `{root}/datasets/<dataset_name>/<version>/`, `{root}/runs/<run_id>/`,
-  `{root}/models/<dataset_name>/`.
-* **Runner**: `{runner}` (env `EDGETPU_RUNNER` = docker | local | kubernetes).
-* Each step's XCom `return_value` is its JSON result line; later steps read paths from it.
-"""
+from edgetpu_retrain.pipeline import templates
+from edgetpu_retrain.pipeline.params import dag_params
+from edgetpu_retrain.pipeline.runners import Flag, Repeat, RunnerSettings, from_step, step_task
+from edgetpu_retrain.pipeline.sensor import drop_sensor
+from edgetpu_retrain.pipeline.templates import CONFIG, DATASET, FLOAT_TFLITE, INT8_TFLITE, SOURCE
 
 
 def _data_tasks(*, root: str, run_dir: str, runner: str, poke_s: int, timeout_s: int) -> list:
@@ -51,27 +26,8 @@ def _data_tasks(*, root: str, run_dir: str, runner: str, poke_s: int, timeout_s:
         "download",
         ["--manifest", "{{ params.manifest }}", "--out", f"{root}/unlabeled/{{{{ params.dataset_name }}}}"],
         skip_unless="{{ params.manifest }}",
-        doc_md="Downloads the images of the `manifest` param into unlabeled/<dataset_name>/ (resumable) "
-        "for labeling in LabelImg; skipped when the param is empty. Labeled images come back as a drop.",
+        doc_md=templates.TASK_DOCS["download"],
     )
-
-    @task.sensor(
-        task_id="wait_for_drop",
-        mode="reschedule",
-        poke_interval=poke_s,
-        timeout=timeout_s,
-        soft_fail=True,
-        trigger_rule=TriggerRule.NONE_FAILED,
-    )
-    def wait_for_drop(**context) -> PokeReturnValue:
-        """The folder this run trains on: `dataset_folder`, or the newest drop ready before the cut-off.
-
-        A bad `dataset_folder` raises a plain error (the task fails: soft_fail only turns the timeout
-        and Airflow's own fail exceptions into "skipped").
-        """
-        found = drops.poke(context, data_root=root, runner=runner)
-        return PokeReturnValue(is_done=found is not None, xcom_value=found)
-
     validate = step_task(
         "validate", ["--images", f"{{{{ {SOURCE}['folder'] }}}}", "--out", f"{run_dir}/validation"]
     )
@@ -84,7 +40,8 @@ def _data_tasks(*, root: str, run_dir: str, runner: str, poke_s: int, timeout_s:
             "--seed", "{{ params.seed }}",
         ],
     )  # fmt: skip
-    return [download, wait_for_drop(), validate, build_dataset]
+    wait_for_drop = drop_sensor(data_root=root, runner=runner, poke_s=poke_s, timeout_s=timeout_s)
+    return [download, wait_for_drop, validate, build_dataset]
 
 
 def _model_tasks(*, run_dir: str, training_pool: str) -> list:
@@ -105,30 +62,18 @@ def _model_tasks(*, run_dir: str, training_pool: str) -> list:
         pool=training_pool,
         retries=2,
         retry_delay=timedelta(minutes=2),
-        doc_md="Resumable: a retry continues from the last checkpoint in runs/<run_id>/train/checkpoints.",
+        doc_md=templates.TASK_DOCS["train"],
     )
     export = step_task(
         "export",
-        [
-            "--config",
-            CONFIG,
-            "--checkpoint",
-            from_step("train", "checkpoint"),
-            "--out",
-            f"{run_dir}/saved_model",
-        ],
-    )
+        ["--config", CONFIG, "--checkpoint", from_step("train", "checkpoint"),
+         "--out", f"{run_dir}/saved_model"],
+    )  # fmt: skip
     tflite = step_task(
         "tflite",
-        [
-            "--saved-model",
-            from_step("export", "saved_model"),
-            "--dataset",
-            DATASET,
-            "--out",
-            f"{run_dir}/tflite",
-        ],
-    )
+        ["--saved-model", from_step("export", "saved_model"), "--dataset", DATASET,
+         "--out", f"{run_dir}/tflite"],
+    )  # fmt: skip
     return [render_config, train, export, tflite]
 
 
@@ -153,7 +98,7 @@ def _release_tasks(*, root: str, run_dir: str) -> tuple[list, object, object]:
                 "--out",
                 f"{run_dir}/eval_{kind}.json",
             ],
-        )
+        )  # fmt: skip
         for kind, model in (("float", FLOAT_TFLITE), ("int8", INT8_TFLITE))
     ]
     promote = step_task(
@@ -174,13 +119,8 @@ def _release_tasks(*, root: str, run_dir: str) -> tuple[list, object, object]:
             "--out", f"{run_dir}/promote.json",
         ],
     )  # fmt: skip
-    step_results = [
-        arg
-        for name, task_id in REPORT_STEPS.items()
-        for arg in ("--step", f"{name}={{{{ ti.xcom_pull(task_ids={task_id!r}) | tojson }}}}")
-    ]
-    report = step_task("report", ["--run-dir", run_dir, "--out", f"{run_dir}/report", *step_results])
-    return [edgetpu, *evaluations], promote, report
+    report_args = ["--run-dir", run_dir, "--out", f"{run_dir}/report", *templates.report_step_args()]
+    return [edgetpu, *evaluations], promote, step_task("report", report_args)
 
 
 def create_pipeline(
@@ -188,7 +128,7 @@ def create_pipeline(
 ) -> DAG:
     """The retraining DAG; every deployment setting is a parameter (read from the environment below)."""
     root = settings.data_root
-    run_dir = f"{root}/runs/{{{{ run_id | path_safe }}}}"
+    run_dir = templates.run_dir(root)
     with DAG(
         dag_id=dag_id,
         description="Newly labeled LabelImg images -> SSD MobileNet -> int8 TFLite -> Edge TPU",
@@ -199,8 +139,8 @@ def create_pipeline(
         dagrun_timeout=timedelta(hours=24),
         default_args={"retries": 0, "owner": "edgetpu-retrain"},
         tags=["edgetpu", "coral", "object-detection", "retrain"],
-        doc_md=DOC_MD.format(pool=training_pool, root=root, runner=settings.runner),
-        user_defined_filters={**JINJA_FILTERS, "path_safe": drops.path_safe, "config_sets": config_sets},
+        doc_md=templates.dag_doc(pool=training_pool, root=root, runner=settings.runner),
+        user_defined_filters=templates.template_filters(),
         params=dag_params(data_root=root),
     ) as dag:
         data = _data_tasks(

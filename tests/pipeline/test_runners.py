@@ -1,4 +1,4 @@
-"""runners.py: the one factory that turns a step into an Airflow task, for all three runners.
+"""pipeline/runners/: the one factory that turns a step into an Airflow task, for all three runners.
 
 No Docker daemon and no Kubernetes cluster exist on this machine (and none may be started in CI), so
 the docker/kubernetes operators are checked by their constructor arguments and by what our mixin

@@ -1,0 +1,120 @@
+"""What every runner's operator shares: the bash wrapper around the step command and the step mixin.
+
+Every runner runs the same command inside a tiny bash wrapper that keeps the step's stdout aside
+while its stderr (the logs) streams, then prints stdout last. So the last line of the task log is
+always the step's JSON line, even if a library writes to stderr at exit. Exit code 99 (the steps'
+"nothing to do", `common.EXIT_NOTHING_TO_DO`) becomes a skipped task in all three runners.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Iterable
+from typing import Any
+
+from edgetpu_retrain.pipeline.runners.args import flatten_args, is_empty, parse_result, truthy
+from edgetpu_retrain.pipeline.runners.settings import RunnerSettings
+
+CONTAINER_CLI = ("edgetpu-retrain",)
+K8S_XCOM_FILE = "/airflow/xcom/return.json"
+
+# stdout goes to a temp file while stderr streams; then stdout is printed, so its last line (the
+# step's JSON) is the last line Airflow sees. "$@" is the command: nothing is re-parsed by a shell.
+WRAPPER = 'out="$(mktemp)" || exit 1; trap \'rm -f "$out"\' EXIT; "$@" >"$out"; rc=$?; cat "$out"; exit "$rc"'
+# The KubernetesPodOperator reads its XCom from a file, written whatever the exit code.
+K8S_WRAPPER = (
+    'out="$(mktemp)" || exit 1; trap \'rm -f "$out"\' EXIT; '
+    '"$@" >"$out"; rc=$?; cat "$out"; mkdir -p "$(dirname ' + K8S_XCOM_FILE + ')"; '
+    'if [ -s "$out" ]; then tail -n 1 "$out" >' + K8S_XCOM_FILE + "; "
+    "else echo null >" + K8S_XCOM_FILE + '; fi; exit "$rc"'
+)
+
+
+class StepMixin:
+    """Renders the step's arguments, hands the argv to the concrete operator, parses the result.
+
+    Subclasses implement `_prepare(argv, gpu)` (set the operator's command/image/devices).
+    """
+
+    step_template_fields = ("step_args", "step_gpu", "step_skip_unless")
+    # set by the Airflow operator this mixin sits on
+    log: Any
+    task_id: str
+
+    def _init_step(
+        self, *, verb: str, args: Iterable[Any], gpu: Any, skip_unless: Any, settings: RunnerSettings
+    ) -> None:
+        self.step_verb = verb
+        self.step_args = list(args)
+        self.step_gpu = gpu
+        self.step_skip_unless = skip_unless
+        self.step_settings = settings
+
+    def step_argv(self) -> list[str]:
+        """The step command after rendering: ``[verb, *args]`` (no executable)."""
+        return [self.step_verb, *flatten_args(self.step_args)]
+
+    def execute(self, context: Any) -> Any:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        if self.step_skip_unless is not None and is_empty(self.step_skip_unless):
+            raise AirflowSkipException(f"{self.task_id}: not requested for this run (its input is empty)")
+        gpu = truthy(self.step_gpu) if self.step_gpu is not None else False
+        argv = self.step_argv()
+        self.log.info("step: edgetpu-retrain %s", shlex.join(argv))
+        self._prepare(argv, gpu)
+        result = super().execute(context)  # type: ignore[misc]  # the operator's execute
+        return parse_result(result, task_id=self.task_id)
+
+    def _prepare(self, argv: list[str], gpu: bool) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def step_operator_base(operator: Any) -> Any:
+    """`StepMixin` on an Airflow operator class: takes the step arguments, passes the rest on.
+
+    A class made per operator, not a plain mixin: Airflow's operator metaclass only wraps an
+    ``__init__`` that sits on an operator class (default_args, the missing-argument check).
+    Subclasses adapt the operator's own arguments in `_operator_kwargs`.
+    """
+
+    class _StepOperator(StepMixin, operator):
+        template_ext = ()  # an argument ending in .sh/.json is a path, not a template file
+
+        def __init__(
+            self,
+            *,
+            step_verb: str,
+            step_args: Iterable[Any],
+            step_gpu: Any = None,
+            step_skip_unless: Any = None,
+            step_settings: RunnerSettings,
+            **kwargs: Any,
+        ) -> None:
+            self._init_step(
+                verb=step_verb,
+                args=step_args,
+                gpu=step_gpu,
+                skip_unless=step_skip_unless,
+                settings=step_settings,
+            )
+            super().__init__(**self._operator_kwargs(kwargs))
+
+        def _operator_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+            return kwargs
+
+    return _StepOperator
+
+
+def container_step_base(operator: Any) -> Any:
+    """`step_operator_base` for a container operator (docker, kubernetes), plus `gpu_image`: it
+    replaces the operator's image for a step that asks for a GPU."""
+
+    class _ContainerStepOperator(step_operator_base(operator)):  # type: ignore[misc]
+        template_fields = (*operator.template_fields, *StepMixin.step_template_fields)
+
+        def _operator_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+            self.gpu_image = kwargs.pop("gpu_image", None)
+            return kwargs
+
+    return _ContainerStepOperator

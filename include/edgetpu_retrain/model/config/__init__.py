@@ -15,6 +15,7 @@ Only `yaml` is imported here (no TensorFlow): the DAG and light steps may import
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +63,7 @@ __all__ = [
 ]
 
 
-def add_arguments(parser: Any) -> None:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset snapshot folder (with manifest.json)")
     parser.add_argument("--base-model", required=True, choices=BASE_MODELS, help="per-base-model template")
     parser.add_argument("--out", required=True, help="config file to write (YAML)")
@@ -77,7 +78,7 @@ def add_arguments(parser: Any) -> None:
     )
 
 
-def run(args: Any) -> dict[str, Any]:
+def run(args: argparse.Namespace) -> dict[str, Any]:
     text, cfg = render_config(args.dataset, args.base_model, parse_set(args.overrides))
     out = Path(args.out).resolve()
     write_text(out, text)

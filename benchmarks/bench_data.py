@@ -73,13 +73,14 @@ def copy_bccd(dst: Path, repeat: int) -> int:
 
 
 def compare_writers(validated: Path, tmp: Path) -> None:
-    from edgetpu_retrain.data import dataset, tfrecord
+    from edgetpu_retrain.data import crc, tfrecord
+    from edgetpu_retrain.data.validated import load_validated
 
-    _, images, _, _ = dataset.load_validated(validated)
+    _, images, _, _ = load_validated(validated)
     blobs = [(rec, Path(rec["path"]).read_bytes()) for rec in images]
     mb = sum(len(b) for _, b in blobs) / 1e6
     start = time.perf_counter()
-    tfrecord.crc32c(bytes(1000))  # numpy import + tables: once per process
+    crc.crc32c(bytes(1000))  # numpy import + tables: once per process
     print(
         f"writer ours: {time.perf_counter() - start:.3f} s one-time set-up per process (numpy import, CRC "
         "tables)"

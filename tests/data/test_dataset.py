@@ -1,4 +1,5 @@
-"""build-dataset (dataset.py) and the TFRecord/Example helpers (tfrecord.py)."""
+"""build-dataset (dataset.py, validated.py, shards.py, snapshot.py) and the TFRecord/Example helpers
+(tfrecord.py, crc.py, protobuf.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from conftest import copy_labelimg_folder
 
 from edgetpu_retrain import cli
 from edgetpu_retrain.common import UserError
-from edgetpu_retrain.data import dataset, tfrecord
+from edgetpu_retrain.data import crc, dataset, snapshot, tfrecord
 
 
 def _voc(xml_path: Path) -> dict:
@@ -74,13 +75,13 @@ def bccd_built(bccd_validated) -> tuple[Path, dict]:
 
 
 def test_crc32c_known_values_and_vectorized_matches_plain():
-    assert tfrecord.crc32c(b"123456789") == 0xE3069283
-    assert tfrecord.crc32c(b"") == 0
+    assert crc.crc32c(b"123456789") == 0xE3069283
+    assert crc.crc32c(b"") == 0
     rnd = __import__("random").Random(3)
     buffers = [
         bytes(rnd.getrandbits(8) for _ in range(n)) for n in (0, 1, 4, 63, 64, 65, 255, 256, 257, 1000, 5000)
     ]
-    assert tfrecord.crc32c_many(buffers) == [tfrecord._crc32c_py(b) for b in buffers]
+    assert crc.crc32c_many(buffers) == [crc.crc32c_py(b) for b in buffers]
 
 
 def test_example_and_framing_match_tensorflow(tmp_path):
@@ -232,9 +233,9 @@ def test_microcontroller_csv_matches_source(tmp_path, microcontroller_dir):
     for name in ("train_labels.csv", "test_labels.csv"):
         with open(microcontroller_dir / name, newline="") as handle:
             rows = list(csv.reader(handle))
-        assert rows[0] == list(dataset.CSV_COLUMNS)
+        assert rows[0] == list(snapshot.CSV_COLUMNS)
         source += rows[1:]
-    assert ours[0] == list(dataset.CSV_COLUMNS)
+    assert ours[0] == list(snapshot.CSV_COLUMNS)
     assert sorted(ours[1:]) == sorted(source)
     counts = result["counts"]
     assert sum(c["images"] for c in counts.values()) == 149

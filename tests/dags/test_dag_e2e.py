@@ -27,23 +27,10 @@ use_private_airflow_home()  # before anything imports Airflow
 
 import pytest  # noqa: E402
 from conftest import copy_labelimg_folder  # noqa: E402  (tests/conftest.py)
+from dag_tasks import TASKS  # noqa: E402
 
 DAG_ID = "edgetpu_retrain"
-FULL_RUN_TASKS = [
-    "download",
-    "wait_for_drop",
-    "validate",
-    "build_dataset",
-    "render_config",
-    "train",
-    "export",
-    "tflite",
-    "edgetpu",
-    "evaluate_float",
-    "evaluate_int8",
-    "promote",
-    "report",
-]
+FULL_RUN_TASKS = TASKS
 
 
 @pytest.fixture(scope="module")

@@ -17,26 +17,13 @@ REPO = Path(__file__).resolve().parents[2]
 use_private_airflow_home()  # before anything imports Airflow
 
 import pytest  # noqa: E402
+from dag_tasks import TASKS  # noqa: E402
 
 DAGS = REPO / "dags"
 DAG_ID = "edgetpu_retrain"
 DATA_ROOT = "/srv/edgetpu-data"
 HEAVY = ("tensorflow", "keras", "pandas", "lxml", "PIL", "pycocotools", "ai_edge_litert", "numpy")
-ORDER = [
-    "download",
-    "wait_for_drop",
-    "validate",
-    "build_dataset",
-    "render_config",
-    "train",
-    "export",
-    "tflite",
-    "edgetpu",
-    "evaluate_float",
-    "evaluate_int8",
-    "promote",
-    "report",
-]
+ORDER = TASKS
 
 
 @pytest.fixture(scope="module")

@@ -47,21 +47,19 @@ def render(dataset_dir: Path, out: Path, *sets: str, base: str = "mobilenet_v2_s
     return cli.main(argv)
 
 
+ROUND_TRIP_SETS = (
+    "model.input_size=256",
+    "train.steps=1234",
+    "model.backbone_weights=null",
+    "train.augmentation.flip=false",
+    "train.schedule=constant",
+    "model.head=ssd",
+)
+
+
 def test_render_round_trip(dataset_dir, tmp_path, capsys):
     out = tmp_path / "run" / "config.yaml"
-    assert (
-        render(
-            dataset_dir,
-            out,
-            "model.input_size=256",
-            "train.steps=1234",
-            "model.backbone_weights=null",
-            "train.augmentation.flip=false",
-            "train.schedule=constant",
-            "model.head=ssd",
-        )
-        == 0
-    )
+    assert render(dataset_dir, out, *ROUND_TRIP_SETS) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line == {
         "config": str(out.resolve()),
@@ -87,19 +85,7 @@ def test_render_round_trip(dataset_dir, tmp_path, capsys):
     assert config.dump_config(cfg).splitlines()[-10:] == text.splitlines()[-10:]
     assert config.config_from_dict(yaml.safe_load(text)) == cfg
     before = out.read_bytes()
-    assert (
-        render(
-            dataset_dir,
-            out,
-            "model.input_size=256",
-            "train.steps=1234",
-            "model.backbone_weights=null",
-            "train.augmentation.flip=false",
-            "train.schedule=constant",
-            "model.head=ssd",
-        )
-        == 0
-    )
+    assert render(dataset_dir, out, *ROUND_TRIP_SETS) == 0
     assert out.read_bytes() == before
 
 

@@ -30,7 +30,7 @@ from edgetpu_retrain.release.report.steps import normalize
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RunReport", "add_arguments", "collect", "render_md", "run"]
+__all__ = ["RunReport", "add_arguments", "build_report", "render_md", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def collect(run_dir: Path, step_values: list[str]) -> RunReport:
+def build_report(run_dir: Path, step_values: list[str]) -> RunReport:
     """The whole report's data: every step normalized, plus the one-line summary."""
     entries = collect_entries(run_dir, step_values)
     steps = {name: normalize(name, entry) for name, entry in entries.items()}
@@ -56,7 +56,7 @@ def collect(run_dir: Path, step_values: list[str]) -> RunReport:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     # A run that failed before its first step wrote anything has no run folder yet: report that, too.
-    report = collect(Path(args.run_dir).resolve(), args.steps)
+    report = build_report(Path(args.run_dir).resolve(), args.steps)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     md = common.write_text(out / "report.md", render_md(report)).resolve()

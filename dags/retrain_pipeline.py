@@ -87,20 +87,12 @@ def _release_tasks(*, root: str, run_dir: str) -> tuple[list, object, object]:
     evaluations = [
         step_task(
             "evaluate",
+            ["--dataset", DATASET, "--split", "test", "--model", model,
+             "--out", f"{run_dir}/eval_{kind}.json"],
             task_id=f"evaluate_{kind}",
-            args=[
-                "--dataset",
-                DATASET,
-                "--split",
-                "test",
-                "--model",
-                model,
-                "--out",
-                f"{run_dir}/eval_{kind}.json",
-            ],
-        )  # fmt: skip
+        )
         for kind, model in (("float", FLOAT_TFLITE), ("int8", INT8_TFLITE))
-    ]
+    ]  # fmt: skip
     promote = step_task(
         "promote",
         [

@@ -1,1 +1,2 @@
-"""Airflow side: step runners (operators), drop discovery and DAG params. No TensorFlow here."""
+"""Airflow side, no TensorFlow here: `runners/` (how a step becomes a task), `drops` + `sensor` (which
+labeled folder a run trains on), `params` (the trigger form), `templates` (the task arguments' Jinja)."""

@@ -3,7 +3,10 @@ the dataset manifest. Every problem a user can fix is a `UserError` naming the f
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,8 @@ from edgetpu_retrain import common
 from edgetpu_retrain.common import UserError
 from edgetpu_retrain.release.coverage import PREFLIGHT_KEYS, compiler_from_folder
 from edgetpu_retrain.release.metrics import METRICS, is_number
+
+log = logging.getLogger(__name__)
 
 
 def default_run_dir(tflite: Path) -> Path:
@@ -152,3 +157,54 @@ def load_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         "label_map": str((p.parent / data["label_map"]).resolve()) if data.get("label_map") else None,
         "created": data.get("created"),
     }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One run's model and the evidence about it (all paths resolved, all JSON checked)."""
+
+    name: str
+    tflite: Path
+    int8_eval: dict[str, Any]
+    float_eval: dict[str, Any] | None
+    edgetpu: dict[str, Any]
+    manifest: dict[str, Any] | None
+    training: dict[str, Any] | None
+    labels: Path | None
+    config: Path | None
+    run_dir: Path
+
+
+def _optional_file(value: str | None, *, what: str) -> Path | None:
+    return common.require_file(value, what=what).resolve() if value else None
+
+
+def load_candidate(args: argparse.Namespace) -> Candidate:
+    tflite = common.require_file(args.tflite, what="int8 .tflite").resolve()
+    int8_eval = load_eval(args.int8_eval, metric=args.metric)
+    training = common.read_json(args.training) if args.training else None
+    if training is not None and not isinstance(training, dict):
+        raise UserError(f"{args.training}: expected a JSON object from the train step; re-run train")
+    candidate = Candidate(
+        name=args.name,
+        tflite=tflite,
+        int8_eval=int8_eval,
+        float_eval=load_eval(args.float_eval, metric=None) if args.float_eval else None,
+        edgetpu=load_edgetpu(
+            edgetpu_dir=args.edgetpu_dir, preflight=args.preflight, compiled=args.compiled, tflite=tflite
+        ),
+        manifest=load_manifest(args.dataset_manifest) if args.dataset_manifest else None,
+        training=training,
+        labels=_optional_file(args.labels, what="labels"),
+        config=_optional_file(args.config, what="rendered config"),
+        run_dir=Path(args.run_dir).resolve() if args.run_dir else default_run_dir(tflite),
+    )
+    evaluated = int8_eval["data"].get("model")
+    if isinstance(evaluated, str) and evaluated and Path(evaluated).resolve() != tflite:
+        log.warning(
+            "%s evaluated %s, but --tflite is %s: check both come from the same run",
+            int8_eval["path"],
+            evaluated,
+            tflite,
+        )
+    return candidate

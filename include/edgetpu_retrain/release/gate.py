@@ -30,7 +30,7 @@ from typing import Any
 from edgetpu_retrain import common
 from edgetpu_retrain.common import UserError
 from edgetpu_retrain.release import registry
-from edgetpu_retrain.release.evidence import default_run_dir, load_edgetpu, load_eval, load_manifest
+from edgetpu_retrain.release.evidence import Candidate, load_candidate
 from edgetpu_retrain.release.metrics import METRIC_NAMES, METRICS
 from edgetpu_retrain.release.model_card import build_card, card_metric, labels_txt, render_card_md
 
@@ -104,58 +104,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         common.write_json(args.out, result)
         result["decision_json"] = str(Path(args.out).resolve())
     return result
-
-
-# ------------------------------------------------------------------------------------------ inputs
-@dataclass(frozen=True)
-class Candidate:
-    """One run's model and the evidence about it (all paths resolved, all JSON checked)."""
-
-    name: str
-    tflite: Path
-    int8_eval: dict[str, Any]
-    float_eval: dict[str, Any] | None
-    edgetpu: dict[str, Any]
-    manifest: dict[str, Any] | None
-    training: dict[str, Any] | None
-    labels: Path | None
-    config: Path | None
-    run_dir: Path
-
-
-def _optional_file(value: str | None, *, what: str) -> Path | None:
-    return common.require_file(value, what=what).resolve() if value else None
-
-
-def load_candidate(args: argparse.Namespace) -> Candidate:
-    tflite = common.require_file(args.tflite, what="int8 .tflite").resolve()
-    int8_eval = load_eval(args.int8_eval, metric=args.metric)
-    training = common.read_json(args.training) if args.training else None
-    if training is not None and not isinstance(training, dict):
-        raise UserError(f"{args.training}: expected a JSON object from the train step; re-run train")
-    candidate = Candidate(
-        name=args.name,
-        tflite=tflite,
-        int8_eval=int8_eval,
-        float_eval=load_eval(args.float_eval, metric=None) if args.float_eval else None,
-        edgetpu=load_edgetpu(
-            edgetpu_dir=args.edgetpu_dir, preflight=args.preflight, compiled=args.compiled, tflite=tflite
-        ),
-        manifest=load_manifest(args.dataset_manifest) if args.dataset_manifest else None,
-        training=training,
-        labels=_optional_file(args.labels, what="labels"),
-        config=_optional_file(args.config, what="rendered config"),
-        run_dir=Path(args.run_dir).resolve() if args.run_dir else default_run_dir(tflite),
-    )
-    evaluated = int8_eval["data"].get("model")
-    if isinstance(evaluated, str) and evaluated and Path(evaluated).resolve() != tflite:
-        log.warning(
-            "%s evaluated %s, but --tflite is %s: check both come from the same run",
-            int8_eval["path"],
-            evaluated,
-            tflite,
-        )
-    return candidate
 
 
 # ---------------------------------------------------------------------------------------- decision

@@ -16,7 +16,10 @@ object counts, `difficult` ones included). Both go to COCO format in pixels of t
 With `--compare` (or a second `--model`) the second model is evaluated the same way under
 `compare`, and `quantization_drop_map50` = (float mAP50 - int8 mAP50) in points (x100), where the
 int8 model is the one with a quantized (uint8/int8) input; if neither or both are, first - second.
-The result is written to --out atomically and printed as the JSON line (same keys).
+The result is written to --out atomically and printed as the JSON line (same keys). Beside it,
+`<out stem>.details.json` (key `details`) keeps what the run report draws for the first model: the
+COCOeval precision at IoU 0.5 per class over the 101 recall points, and per image the ground truth and
+the kept detections (normalized boxes, 0-based classes, scores; at most DETAIL_DETECTIONS per image).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import numpy as np
 from edgetpu_retrain import common
 
 log = logging.getLogger(__name__)
+DETAIL_DETECTIONS = 100
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,11 +66,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not 0.0 <= args.score_threshold <= 1.0:
         raise common.UserError(f"--score-threshold {args.score_threshold}: must be in [0, 1]")
     dataset = common.require_dir(args.dataset, what="dataset snapshot")
+    details: dict[str, Any] = {}
     result = evaluate(
-        dataset, args.split, models, score_threshold=args.score_threshold, num_threads=args.num_threads
+        dataset,
+        args.split,
+        models,
+        score_threshold=args.score_threshold,
+        num_threads=args.num_threads,
+        details=details,
     )
     out = Path(args.out).resolve()
     result["out"] = str(out)
+    details_path = common.write_json(out.with_name(f"{out.stem}.details.json"), details)
+    result["details"] = str(details_path.resolve())
     common.write_json(out, result)
     return result
 
@@ -120,12 +132,14 @@ def coco_eval(
     ground_truth: list[dict[str, Any]],
     detections: list[dict[str, Any]],
     classes: list[tuple[int, str]],
+    curves: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """COCOeval (bbox) on plain inputs.
 
     ground_truth: per image {"width", "height", "boxes" [n,4] normalized (ymin, xmin, ymax, xmax),
     "labels" [n] 1-based}; detections: per image (same order) {"boxes" normalized, "classes" [n]
-    0-based, "scores" [n]}. Returns {"map", "map50", "per_class", "objects", "detections"}.
+    0-based, "scores" [n]}. Returns {"map", "map50", "per_class", "objects", "detections"}; a given
+    `curves` dict gets {class name: precision at IoU 0.5 per recall point} (-1 = undefined).
     """
     images, annotations, results = _coco_records(ground_truth, detections)
     objects = {cid: 0 for cid, _ in classes}
@@ -155,6 +169,8 @@ def coco_eval(
             continue
         per_class[name]["ap"] = _mean_precision(precision[:, :, k, 0, -1])
         per_class[name]["ap50"] = _mean_precision(precision[0, :, k, 0, -1])
+        if curves is not None:
+            curves[name] = [_round(float(v)) for v in precision[0, :, k, 0, -1]]
     out["map"] = _round(max(float(ev.stats[0]), 0.0))
     out["map50"] = _round(max(float(ev.stats[1]), 0.0))
     return out
@@ -277,11 +293,16 @@ def evaluate_model(
     *,
     score_threshold: float = 0.0,
     num_threads: int | None = None,
+    details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The model's metrics; a given `details` dict gets its drawing material (see `eval_details`)."""
     det, outputs, latency = run_model(
         path, examples, score_threshold=score_threshold, num_threads=num_threads
     )
-    metrics = coco_eval(examples, outputs, classes)
+    curves: dict[str, Any] = {}
+    metrics = coco_eval(examples, outputs, classes, curves)
+    if details is not None:
+        details.update(eval_details(examples, outputs, classes, curves))
     info = det.describe()
     log.info(
         "%s: mAP %.4f, mAP50 %.4f on %d images, %.1f ms/image",
@@ -302,6 +323,41 @@ def evaluate_model(
     }
 
 
+def eval_details(
+    examples: list[dict[str, Any]],
+    outputs: list[dict[str, Any]],
+    classes: list[tuple[int, str]],
+    curves: dict[str, Any],
+) -> dict[str, Any]:
+    """The run report's drawing material: PR curves and per-image ground truth + detections (rounded)."""
+
+    def boxes(a: Any) -> list[list[float]]:
+        return [[round(float(v), 5) for v in b] for b in np.asarray(a).reshape(-1, 4)]
+
+    images = []
+    for ex, det in zip(examples, outputs, strict=True):
+        order = np.argsort(-np.asarray(det["scores"]), kind="stable")[:DETAIL_DETECTIONS]
+        images.append(
+            {
+                "filename": ex["filename"],
+                "width": ex["width"],
+                "height": ex["height"],
+                "gt_boxes": boxes(ex["boxes"]),
+                "gt_labels": [int(v) for v in np.asarray(ex["labels"]).reshape(-1)],
+                "boxes": boxes(np.asarray(det["boxes"])[order]),
+                "classes": [int(v) for v in np.asarray(det["classes"])[order]],
+                "scores": [round(float(v), 5) for v in np.asarray(det["scores"])[order]],
+            }
+        )
+    return {
+        "version": 1,
+        "classes": [{"id": cid, "name": name} for cid, name in classes],
+        "recall_thresholds": [round(i / 100, 2) for i in range(101)],
+        "pr_iou50": curves,
+        "images": images,
+    }
+
+
 def evaluate(
     dataset_dir: str | Path,
     split: str,
@@ -309,12 +365,22 @@ def evaluate(
     *,
     score_threshold: float = 0.0,
     num_threads: int | None = None,
+    details: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Metrics of the first model (and `compare` of a second); a given `details` dict gets the first
+    model's drawing material."""
     examples, classes = load_split(dataset_dir, split)
     log.info("evaluating %d %s images", len(examples), split)
     results = [
-        evaluate_model(m, examples, classes, score_threshold=score_threshold, num_threads=num_threads)
-        for m in models
+        evaluate_model(
+            m,
+            examples,
+            classes,
+            score_threshold=score_threshold,
+            num_threads=num_threads,
+            details=details if i == 0 else None,
+        )
+        for i, m in enumerate(models)
     ]
     out = {
         **results[0],

@@ -1,10 +1,12 @@
 """`edgetpu-retrain train --config FILE --out DIR`: train the SSD detector, resumably.
 
 Writes DIR/checkpoints/ckpt-N (tf.train.CheckpointManager; the checkpoint holds `model`, `optimizer`,
-the step counter and the last losses), DIR/tensorboard (scalars) and DIR/train_result.json (the JSON
-line). A retried task resumes from the latest checkpoint (data order and augmentation continue where
-they stopped); when the target step count is already reached it does nothing and prints the same JSON.
-`--no-resume` deletes DIR/checkpoints and DIR/tensorboard and starts over.
+the step counter and the last losses), DIR/tensorboard (scalars), DIR/train_result.json (the JSON
+line) and DIR/metrics.jsonl (one JSON object per logged step: step, loss, box_loss, cls_loss, lr,
+images_per_s; what the run report plots and MLflow logs). A retried task resumes from the latest
+checkpoint (data order and augmentation continue where they stopped); when the target step count is
+already reached it does nothing and prints the same JSON.
+`--no-resume` deletes DIR/checkpoints, DIR/tensorboard and DIR/metrics.jsonl and starts over.
 
 Devices: tf.distribute.MirroredStrategy over all visible GPUs (the batch is split between them), the
 default strategy on CPU. Seeds: keras.utils.set_random_seed(train.seed) + seeded, ordered input.
@@ -13,16 +15,18 @@ default strategy on CPU. Seeds: keras.utils.set_random_seed(train.seed) + seeded
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-from edgetpu_retrain.common import UserError, log, read_json, write_json
+from edgetpu_retrain.common import UserError, atomic_path, log, read_json, write_json
 from edgetpu_retrain.model.config import Config, load_config
 
 RESULT_FILE = "train_result.json"
+METRICS_FILE = "metrics.jsonl"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +106,40 @@ def _scalar(name: str, value: float, step: int) -> None:
     tf.summary.write(name, tf.constant(value, tf.float32), step=step, metadata=metadata.SerializeToString())
 
 
+def open_metrics_log(out: Path, start: int) -> Any:
+    """OUT/metrics.jsonl opened for appending, without lines past `start` (a killed run logged beyond
+    its last checkpoint; the resumed run logs those steps again)."""
+    path = out / METRICS_FILE
+    if path.is_file():
+        lines = path.read_text(encoding="utf-8").splitlines()
+        kept = [line for line in lines if (step := _logged_step(line)) is not None and step <= start]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    return path.open("a", encoding="utf-8")
+
+
+def _logged_step(line: str) -> int | None:
+    """The step of one metrics.jsonl line; None for a line a killed run cut short."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row.get("step") if isinstance(row, dict) and isinstance(row.get("step"), int) else None
+
+
+def metrics_line(step: int, values: dict[str, float], *, lr: float, images_per_s: float) -> str:
+    """One metrics.jsonl line (sorted keys, rounded: the same run writes the same text)."""
+    row = {
+        "step": step,
+        "loss": round(values["total"], 6),
+        "box_loss": round(values["box"], 6),
+        "cls_loss": round(values["class"], 6),
+        "lr": round(lr, 8),
+        "images_per_s": round(images_per_s, 3),
+    }
+    return json.dumps(row, sort_keys=True) + "\n"
+
+
 def _strategy():
     import tensorflow as tf
 
@@ -161,6 +199,7 @@ def train(
         for sub in (ckpt_dir, out / "tensorboard"):
             shutil.rmtree(sub, ignore_errors=True)
         (out / RESULT_FILE).unlink(missing_ok=True)
+        (out / METRICS_FILE).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     for split_file in inputs.train_files(cfg):
         if not Path(split_file).is_file():
@@ -258,6 +297,7 @@ def train(
         }
 
     writer = tf.summary.create_file_writer(str(out / "tensorboard"))
+    metrics_log = open_metrics_log(out, start)
     iterator = iter(dist_dataset)
     log.info(
         "training %s (%s head, %dx%d, %d anchors) steps %d -> %d, batch %d on %d replica(s), jit=%s",
@@ -342,6 +382,8 @@ def train(
                 if ips:
                     _scalar("images_per_sec", ips, step)
             writer.flush()
+            metrics_log.write(metrics_line(step, values, lr=lr, images_per_s=ips))
+            metrics_log.flush()
         if step % t.checkpoint_every == 0 or step == total:
             values = {k: float(v.numpy()) for k, v in parts.items()}
             ips_all = t.batch_size * timed_steps / timed_seconds if timed_seconds else 0.0
@@ -360,6 +402,7 @@ def train(
     result = _result(out, Path(config_path), manager.latest_checkpoint, total, values, ips_all)
     write_json(out / RESULT_FILE, result)
     writer.close()
+    metrics_log.close()
     return result
 
 

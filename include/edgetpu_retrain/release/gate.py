@@ -6,6 +6,8 @@ Gate (in this order; the first failing rule decides):
 3. the new int8 metric (`--metric`, default `map50`) must satisfy `new >= current - tolerance`, where
    `current` is the int8 metric in the model card of the currently promoted model. The first model of a
    name always passes. A negative tolerance demands a strict improvement of at least |tolerance|.
+   Before that, the floor (`--min-map50`, on the gate metric): nothing below it is promoted, the first
+   model of a name included.
 
 The registry (`models/<name>/versions/NNNN`, the `current` symlink, `history.json`) is `registry.py`;
 the card written into each version is `model_card.py`. Re-running promote with the same artifacts (same
@@ -15,6 +17,8 @@ entry, same bytes. If the same artifacts exist as an older, non-current version 
 
 Not promoted -> exit 0, `promoted: false` and the reason; the model stays where it is (its run dir).
 `--out FILE` also writes the decision JSON (e.g. runs/<run_id>/promote.json) for the report step.
+A promoted model is also registered in MLflow's Model Registry (`tracking.register_promoted`, flags
+`--tracking-uri` / `--airflow-run-id`; never fails the step); the result's `mlflow` key says where.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from typing import Any
 
 from edgetpu_retrain import common
 from edgetpu_retrain.common import UserError
-from edgetpu_retrain.release import registry
+from edgetpu_retrain.release import registry, tracking
 from edgetpu_retrain.release.evidence import Candidate, load_candidate
 from edgetpu_retrain.release.metrics import METRIC_NAMES, METRICS
 from edgetpu_retrain.release.model_card import build_card, card_metric, labels_txt, render_card_md
@@ -76,6 +80,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="promote if new >= current - tolerance (metric units 0..1; default 0.0)",
     )
+    parser.add_argument(
+        "--min-map50",
+        dest="floor",
+        type=float,
+        default=0.0,
+        help="floor: no model whose int8 gate metric (mAP@.5 by default) is below it is promoted, "
+        "the first one included (0..1; default 0.0 = no floor)",
+    )
     parser.add_argument("--metric", choices=METRICS, default="map50", help="gate metric (default map50)")
     parser.add_argument(
         "--require-compiled",
@@ -85,21 +97,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", help="also write the decision JSON to this file (e.g. runs/<id>/promote.json)"
     )
+    tracking.add_arguments(parser)  # a promoted model is also registered in MLflow's Model Registry
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     if not math.isfinite(args.tolerance):
         raise UserError(f"--tolerance {args.tolerance}: must be a finite number like 0.01; fix the flag")
+    if not 0.0 <= args.floor <= 1.0:
+        raise UserError(f"--min-map50 {args.floor}: must be a number in 0..1 like 0.1; fix the flag")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", args.name):
         raise UserError(f"--name {args.name!r}: use letters, digits, '.', '_' or '-' only; fix the flag")
     candidate = load_candidate(args)
     thresholds = Thresholds(
-        metric=args.metric, tolerance=args.tolerance, require_compiled=bool(args.require_compiled)
+        metric=args.metric,
+        tolerance=args.tolerance,
+        require_compiled=bool(args.require_compiled),
+        floor=args.floor,
     )
     model_root = Path(args.models_dir).resolve() / args.name
     model_root.mkdir(parents=True, exist_ok=True)
     with registry.locked(model_root / ".lock"):
         result = promote(model_root=model_root, candidate=candidate, thresholds=thresholds)
+    result["mlflow"] = tracking.register_promoted(
+        result,
+        tflite=candidate.tflite,
+        run_dir=candidate.run_dir,
+        uri=args.tracking_uri,
+        run_id=args.airflow_run_id,
+        compiled=candidate.edgetpu["compiled"],
+    )
     if args.out:
         common.write_json(args.out, result)
         result["decision_json"] = str(Path(args.out).resolve())
@@ -114,6 +140,7 @@ class Thresholds:
     metric: str = "map50"
     tolerance: float = 0.0
     require_compiled: bool = False
+    floor: float = 0.0  # no model below this is promoted, the first one included
 
 
 def edgetpu_rejection(edgetpu: dict[str, Any], *, require_compiled: bool) -> str | None:
@@ -130,10 +157,18 @@ def edgetpu_rejection(edgetpu: dict[str, Any], *, require_compiled: bool) -> str
 
 
 def accuracy_decision(
-    *, new: float, current: float | None, current_version: str | None, metric: str, tolerance: float
+    *,
+    new: float,
+    current: float | None,
+    current_version: str | None,
+    metric: str,
+    tolerance: float,
+    floor: float = 0.0,
 ) -> tuple[bool, str]:
-    """Gate rule 3: (passed, reason) for the new int8 metric against the current model's."""
+    """Gate rule 3: (passed, reason) for the new int8 metric against the floor and the current model's."""
     label = f"int8 {METRIC_NAMES[metric]}"
+    if new < floor - EPS:
+        return False, f"{label} {new:.4f} is below the promotion floor {floor:g} (--min-map50 / min_map50)"
     if current is None:
         return True, "first model for this name"
     if not new >= current - tolerance - EPS:
@@ -279,6 +314,7 @@ def promote(*, model_root: Path, candidate: Candidate, thresholds: Thresholds) -
         current_version=cur_ver,
         metric=thresholds.metric,
         tolerance=thresholds.tolerance,
+        floor=thresholds.floor,
     )
     if not passed:
         return attempt.reject(why)
@@ -315,6 +351,7 @@ def _publish(
             "current": attempt.current,
             "tolerance": t.tolerance,
             "require_compiled": t.require_compiled,
+            "floor": t.floor,
             "reason": why,
         },
         evals={"float": c.float_eval, "int8": c.int8_eval},

@@ -1,7 +1,8 @@
 """`edgetpu-retrain report`: one plain-words report of a run (report.md) plus its data (report.json).
 
 Modules: `collect` (where each step's result comes from, and the `RunReport` every renderer takes),
-`steps` (per-step summaries), `advice` (Edge TPU next steps), `render` (report.md).
+`steps` (per-step summaries), `advice` (Edge TPU next steps), `render` (report.md), `html` (report.html,
+with the figures of `plots` drawn from what `data` reads in the run's files).
 
 Each step's result comes from `--step NAME=VALUE` (alias `--step-json`, repeatable: the step's JSON
 line, e.g. `--step train='{{ ti.xcom_pull("train") | tojson }}'`, or a JSON file), else from
@@ -12,8 +13,10 @@ value that is not valid JSON is a user error (exit 2); an unreadable auto-discov
 Step names: validate, dataset (alias build-dataset), config (render-config), train, export, tflite,
 edgetpu, evaluate-float, evaluate-int8 (alias evaluate), promote. `_` and `-` are interchangeable.
 
-Writes OUT/report.md and OUT/report.json (canonical JSON, no timestamps: the same inputs give the same
-bytes). JSON line: report, report_json, summary, steps_run.
+Writes OUT/report.md, OUT/report.json (canonical JSON, no timestamps: the same inputs give the same
+bytes) and OUT/report.html (the same run with pictures, self-contained), then logs the run to MLflow
+(`release.tracking.log_report`; never fails the step). JSON line: report, report_json, report_html,
+summary, steps_run, mlflow ({tracking_uri, mlflow_run_id} or null).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from edgetpu_retrain import common
+from edgetpu_retrain.release import tracking
+from edgetpu_retrain.release.report import data as run_data
 from edgetpu_retrain.release.report.collect import STEPS, RunReport, collect_entries
 from edgetpu_retrain.release.report.render import render_md, summarize
 from edgetpu_retrain.release.report.steps import normalize
@@ -45,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help=f"a step's JSON line (inline JSON) or a JSON file; repeatable. NAME: {', '.join(STEPS)}",
     )
+    tracking.add_arguments(parser)
 
 
 def build_report(run_dir: Path, step_values: list[str]) -> RunReport:
@@ -61,10 +67,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     md = common.write_text(out / "report.md", render_md(report)).resolve()
     js = common.write_json(out / "report.json", report.to_json()).resolve()
+    from edgetpu_retrain.release.report.html import write_html  # matplotlib: only when a report is made
+
+    page = write_html(out, report)
+    rows = run_data.training_rows(run_data.metrics_path(report.steps, Path(report.run_dir)))
+    tracked = tracking.log_report(
+        report, out_dir=out, html=page, uri=args.tracking_uri, run_id=args.airflow_run_id, metrics_rows=rows
+    )
     log.info("report: %s", report.summary)
     return {
         "report": str(md),
         "report_json": str(js),
+        "report_html": str(page),
         "summary": report.summary,
         "steps_run": sorted(n for n, s in report.steps.items() if s["status"] == "done"),
+        "mlflow": tracked,
     }

@@ -196,7 +196,7 @@ def _loss_summary(losses: Any) -> dict[str, Any] | None:
 def _train(data: dict[str, Any], base: str | None) -> dict[str, Any]:
     info: dict[str, Any] = {
         k: data[k]
-        for k in ("steps_done", "images_per_sec", "checkpoint", "seconds", "resumed_from")
+        for k in ("steps_done", "images_per_sec", "checkpoint", "seconds", "resumed_from", "out_dir")
         if k in data
     }
     loss = _loss_summary(data.get("losses", data.get("loss")))
@@ -260,7 +260,9 @@ def _edgetpu(data: dict[str, Any], base: str | None) -> dict[str, Any]:
 
 def _evaluate(data: dict[str, Any], base: str | None) -> dict[str, Any]:
     info: dict[str, Any] = {
-        k: data[k] for k in ("map", "map50", "images", "latency_ms", "model", "split") if k in data
+        k: data[k]
+        for k in ("map", "map50", "images", "latency_ms", "model", "split", "out", "details")
+        if k in data
     }
     per_class = data.get("per_class")
     if isinstance(per_class, dict):

@@ -11,16 +11,16 @@ import os
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import DAG, chain
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, chain
 
-from edgetpu_retrain.pipeline import templates
+from edgetpu_retrain.pipeline import assets, templates
 from edgetpu_retrain.pipeline.params import dag_params
 from edgetpu_retrain.pipeline.runners import Flag, Repeat, RunnerSettings, from_step, step_task
-from edgetpu_retrain.pipeline.sensor import drop_sensor
+from edgetpu_retrain.pipeline.sensor import WAIT_ENV, DropSensor, wait_windows
 from edgetpu_retrain.pipeline.templates import CONFIG, DATASET, FLOAT_TFLITE, INT8_TFLITE, SOURCE
 
 
-def _data_tasks(*, root: str, run_dir: str, runner: str, poke_s: int, timeout_s: int) -> list:
+def _data_tasks(*, root: str, run_dir: str, runner: str, poke_s: float, wait_s: dict[str, float]) -> list:
     """download (optional) -> wait_for_drop -> validate -> build_dataset."""
     download = step_task(
         "download",
@@ -39,8 +39,18 @@ def _data_tasks(*, root: str, run_dir: str, runner: str, poke_s: int, timeout_s:
             "--split", "{{ params.split | replace(' ', '') }}",
             "--seed", "{{ params.seed }}",
         ],
+        outlets=[assets.dataset_asset(root)],
     )  # fmt: skip
-    wait_for_drop = drop_sensor(data_root=root, runner=runner, poke_s=poke_s, timeout_s=timeout_s)
+    wait_for_drop = DropSensor(
+        task_id="wait_for_drop",
+        data_root=root,
+        runner=runner,
+        dataset_folder="{{ params.dataset_folder }}",
+        dataset_name="{{ params.dataset_name }}",
+        wait_s=wait_s,
+        poke_interval=poke_s,
+        trigger_rule="none_failed",  # download is skipped without a manifest
+    )
     return [download, wait_for_drop, validate, build_dataset]
 
 
@@ -77,8 +87,8 @@ def _model_tasks(*, run_dir: str, training_pool: str) -> list:
     return [render_config, train, export, tflite]
 
 
-def _release_tasks(*, root: str, run_dir: str) -> tuple[list, object, object]:
-    """[edgetpu, evaluate_float, evaluate_int8] -> promote, and the report."""
+def _release_tasks(*, root: str, run_dir: str) -> tuple[list, list, object]:
+    """[edgetpu, evaluate_float, evaluate_int8] -> promote -> model_asset, and the report."""
     edgetpu = step_task(
         "edgetpu",
         ["--tflite", INT8_TFLITE, "--out", f"{run_dir}/edgetpu",
@@ -107,16 +117,22 @@ def _release_tasks(*, root: str, run_dir: str) -> tuple[list, object, object]:
             "--training", f"{run_dir}/train/train_result.json",
             "--run-dir", run_dir,
             "--tolerance", "{{ params.promotion_tolerance }}",
+            "--min-map50", "{{ params.min_map50 }}",
             Flag("--require-compiled", "{{ params.require_compile }}"),
             "--out", f"{run_dir}/promote.json",
+            *templates.tracking_args(),
         ],
     )  # fmt: skip
-    report_args = ["--run-dir", run_dir, "--out", f"{run_dir}/report", *templates.report_step_args()]
-    return [edgetpu, *evaluations], promote, step_task("report", report_args)
+    report_args = [
+        "--run-dir", run_dir, "--out", f"{run_dir}/report", *templates.report_step_args(),
+        *templates.tracking_args(),
+    ]  # fmt: skip
+    model = assets.model_asset_task(assets.model_asset(root))(promote.output)
+    return [edgetpu, *evaluations], [promote, model], step_task("report", report_args)
 
 
 def create_pipeline(
-    *, dag_id: str, settings: RunnerSettings, training_pool: str, sensor_poke_s: int, sensor_timeout_s: int
+    *, dag_id: str, settings: RunnerSettings, training_pool: str, sensor_poke_s: float, wait_s: dict[str, float]
 ) -> DAG:
     """The retraining DAG; every deployment setting is a parameter (read from the environment below)."""
     root = settings.data_root
@@ -124,7 +140,11 @@ def create_pipeline(
     with DAG(
         dag_id=dag_id,
         description="Newly labeled LabelImg images -> SSD MobileNet -> int8 TFLite -> Edge TPU",
-        schedule="0 2 * * *",
+        # nightly at 02:00 (a safety net) OR as soon as the triggerer sees a new READY drop
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable("0 2 * * *", timezone="UTC"),
+            assets=assets.drops_asset(data_root=root, poll_s=sensor_poke_s),
+        ),
         start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
         catchup=False,
         max_active_runs=1,
@@ -140,15 +160,15 @@ def create_pipeline(
             run_dir=run_dir,
             runner=settings.runner,
             poke_s=sensor_poke_s,
-            timeout_s=sensor_timeout_s,
+            wait_s=wait_s,
         )
         model = _model_tasks(run_dir=run_dir, training_pool=training_pool)
-        checks, promote, report = _release_tasks(root=root, run_dir=run_dir)
+        checks, (promote, model_asset), report = _release_tasks(root=root, run_dir=run_dir)
         # The report is a teardown of the drop sensor: it runs once everything else is done, also after a
         # failure (so a failed pre-flight or training is explained in plain words), is skipped with the
         # sensor when there was nothing to train on, and does not decide the run's state.
         report.as_teardown(setups=data[1])
-        chain(*data, *model, checks, promote, report)
+        chain(*data, *model, checks, promote, model_asset, report)
         checks >> report
     return dag
 
@@ -157,6 +177,6 @@ dag = create_pipeline(
     dag_id="edgetpu_retrain",
     settings=RunnerSettings.from_env(),
     training_pool=os.environ.get("EDGETPU_TRAINING_POOL", "training"),
-    sensor_poke_s=int(os.environ.get("EDGETPU_SENSOR_POKE_SECONDS", "300")),
-    sensor_timeout_s=int(os.environ.get("EDGETPU_SENSOR_TIMEOUT_SECONDS", str(6 * 3600))),
+    sensor_poke_s=float(os.environ.get("EDGETPU_SENSOR_POKE_SECONDS", "60")),
+    wait_s=wait_windows(os.environ.get(WAIT_ENV)),
 )

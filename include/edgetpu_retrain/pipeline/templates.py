@@ -7,12 +7,13 @@ DAG file at parse time: nothing heavy.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
 from edgetpu_retrain.pipeline.drops import path_safe
 from edgetpu_retrain.pipeline.params import config_sets
-from edgetpu_retrain.pipeline.runners import JINJA_FILTERS, from_step
+from edgetpu_retrain.pipeline.runners import JINJA_FILTERS, Opt, from_step
 
 SOURCE = "ti.xcom_pull(task_ids='wait_for_drop')"  # the sensor's result: folder, version, drop_id
 CONFIG = from_step("render_config", "config")
@@ -69,3 +70,11 @@ def report_step_args() -> list[str]:
         for name, task_id in REPORT_STEPS.items()
         for arg in ("--step", f"{name}={{{{ ti.xcom_pull(task_ids={task_id!r}) | tojson }}}}")
     ]
+
+
+def tracking_args() -> list[Any]:
+    """promote's and report's MLflow flags: the DAG run id as the MLflow run's tag, and the store in
+    EDGETPU_MLFLOW_URI when set at parse time (unset: sqlite under the data root; "off": no tracking).
+    A flag, not the environment: the docker and kubernetes runners pass only their own variables."""
+    uri = os.environ.get("EDGETPU_MLFLOW_URI", "")
+    return [Opt("--tracking-uri", uri), "--airflow-run-id", "{{ run_id }}"]

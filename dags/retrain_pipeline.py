@@ -132,7 +132,12 @@ def _release_tasks(*, root: str, run_dir: str) -> tuple[list, list, object]:
 
 
 def create_pipeline(
-    *, dag_id: str, settings: RunnerSettings, training_pool: str, sensor_poke_s: float, wait_s: dict[str, float]
+    *,
+    dag_id: str,
+    settings: RunnerSettings,
+    training_pool: str,
+    sensor_poke_s: float,
+    wait_s: dict[str, float],
 ) -> DAG:
     """The retraining DAG; every deployment setting is a parameter (read from the environment below)."""
     root = settings.data_root

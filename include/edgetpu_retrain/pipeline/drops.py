@@ -8,18 +8,21 @@ became ready. A run only sees drops whose marker is strictly older than its cut-
   past date picks the same drop it picked (or would have picked) that night;
 - manual / API runs (no logical date in Airflow 3): the run's `run_after`.
 
+The sensor (`sensor.DropSensor`) waits a short window after the cut-off and moves the limit along:
+a drop ready before `min(now, cut-off + window)` counts, so a re-run of a date still picks its drop.
+
 Among the ready drops the newest marker wins (ties: the larger drop id). A scheduled (nightly) run
-waits for a NEWLY labeled drop: the drop the previous run trained on (same id, same marker time) does
-not count again, so nights without new labels end skipped instead of retraining the same data. Backfill
-and manual runs always take the newest ready drop, so a past date is reproduced and a click retrains.
-Standard library only: the DAG's sensor calls `poke` at run time and the tests call the functions directly.
+waits for a NEWLY labeled drop: the drop the previous run trained on (same id, same marker time) or one
+whose dataset version was already built after its marker (`built_from`, on disk: also sees REST runs)
+does not count again, so nights without new labels end skipped instead of retraining the same data.
+Backfill and manual runs always take the newest ready drop, so a past date is reproduced and a click
+retrains. Standard library only: the sensor and the triggers call these functions at run time.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -163,6 +166,22 @@ def same_drop(found: dict[str, Any] | None, previous: dict[str, Any] | None) -> 
     )
 
 
+def built_from(found: dict[str, Any] | None, *, datasets_dir: str | os.PathLike[str]) -> bool:
+    """True if a dataset version of `found` (a drop) was already built after its READY marker.
+
+    The nightly duplicate check on disk: `datasets/<name>/<version>/` newer than the marker means some
+    run (scheduled, manual or REST, whose XCom a scheduled run cannot see) already ingested this drop.
+    """
+    if not found or found.get("source") != "incoming" or not found.get("ready_at"):
+        return False
+    built = Path(datasets_dir) / str(found["version"])
+    try:
+        mtime = datetime.fromtimestamp(built.stat().st_mtime, tz=UTC)
+    except FileNotFoundError:
+        return False
+    return built.is_dir() and mtime >= datetime.fromisoformat(found["ready_at"])
+
+
 def resolve_source(
     *,
     data_root: str | os.PathLike[str],
@@ -170,6 +189,7 @@ def resolve_source(
     run_id: str,
     dataset_folder: str | None = None,
     previous: dict[str, Any] | None = None,
+    datasets_dir: str | None = None,
 ) -> dict[str, Any] | None:
     """What a run trains on, or None (keep waiting).
 
@@ -177,7 +197,8 @@ def resolve_source(
     2. else the newest drop under `<data_root>/incoming/` ready before `cutoff`; the version is the
        drop id. (Images fetched by the download step are unlabeled: they reach a run only after
        someone labels them and drops them into incoming/ with a READY marker.)
-    3. `previous` (scheduled runs: the last run's sensor result): its drop is not new, keep waiting.
+    3. `previous` (scheduled runs: the last run's sensor result) or a dataset version of the drop
+       already built in `datasets_dir` (scheduled runs: `datasets/<name>/`): not new, keep waiting.
     """
     if dataset_folder:
         path = Path(dataset_folder).expanduser()
@@ -189,37 +210,6 @@ def resolve_source(
         return folder_result(path, source="dataset_folder", version=run_id)
     drop = pick_drop(find_ready_drops(Path(data_root) / INCOMING, cutoff))
     found = drop.as_result(cutoff=cutoff) if drop else None
-    return None if same_drop(found, previous) else found
-
-
-def poke(context: Mapping[str, Any], *, data_root: str, runner: str) -> dict[str, Any] | None:
-    """The `wait_for_drop` sensor's body: the folder this run trains on, or None (keep waiting).
-
-    `context` is the Airflow task context (`params`, `dag_run`, `ti`). A bad `dataset_folder` raises a
-    plain error, so the task fails: the sensor's soft_fail only turns its timeout into "skipped".
-    """
-    params, dag_run = context["params"], context["dag_run"]
-    cutoff = cutoff_for_run(
-        run_type=dag_run.run_type, data_interval_end=dag_run.data_interval_end, run_after=dag_run.run_after
-    )
-    previous = None
-    if needs_new_drop(dag_run.run_type):  # nightly: wait for a drop the last run did not use
-        previous = context["ti"].xcom_pull(task_ids="wait_for_drop", include_prior_dates=True)
-    found = resolve_source(
-        data_root=data_root,
-        cutoff=cutoff,
-        run_id=dag_run.run_id,
-        dataset_folder=params.get("dataset_folder") or None,
-        previous=previous,
-    )
-    if found and runner != "local" and not is_inside(found["folder"], data_root):
-        raise ValueError(
-            f"{found['folder']}: outside the data root {data_root}; the {runner} runner only mounts "
-            "the data root. Copy the folder under it (e.g. incoming/<name>/) and point dataset_folder there."
-        )
-    if found is None:
-        last = f" (the last run used {previous.get('drop_id')})" if isinstance(previous, dict) else ""
-        print(
-            f"no new drop in {data_root}/incoming/ with a READY marker older than {cutoff.isoformat()}{last}"
-        )
-    return found
+    if same_drop(found, previous):
+        return None
+    return None if datasets_dir and built_from(found, datasets_dir=datasets_dir) else found

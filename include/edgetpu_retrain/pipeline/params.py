@@ -19,6 +19,7 @@ PARAM_CONFIG_KEYS = {
     "backbone_weights": "model.backbone_weights",
 }
 
+MIN_MAP50 = 0.1  # the promotion floor's default (see the min_map50 param)
 BASE_MODELS = ["mobilenet_v1_ssd", "mobilenet_v2_ssd"]
 DATASET_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 _RATIO = r"\s*(0|1|0?\.\d+|1\.0*)\s*"
@@ -40,8 +41,8 @@ def _data_params(data_root: str) -> dict[str, Param]:
     """Where the run's images come from and what the dataset / model is called."""
     return {
         "dataset_folder": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="LabelImg folder",
             description="Your own LabelImg folder (images + VOC XML beside them). Empty: wait for the newest "
             f"ready drop in {data_root}/incoming/. With the docker/kubernetes runners it must be inside "
@@ -55,8 +56,8 @@ def _data_params(data_root: str) -> dict[str, Param]:
             description="datasets/<name>/<version>/ and models/<name>/",
         ),
         "manifest": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="URL manifest",
             description="Optional: a URL list or CSV (url[,sha256][,filename]) whose images are fetched into "
             f"{data_root}/unlabeled/<dataset_name>/ for labeling (they train once labeled and dropped into "
@@ -95,12 +96,12 @@ def _model_params() -> dict[str, Param]:
         "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=512, title="Batch size"),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, title="Learning rate"),
         "backbone_weights": Param(
-            "",
-            type="string",
+            None,
+            type=["null", "string"],
             title="Backbone weights",
             description="A local .h5/.keras backbone weights file (inside the data root), 'imagenet' "
             "(downloaded by the trainer), or 'none' (random init). Empty: the base model's default "
-            "(imagenet).",
+            "(bundled ImageNet weights).",
         ),
         "config_overrides": Param(
             {},
@@ -129,6 +130,16 @@ def _release_params() -> dict[str, Param]:
             maximum=1,
             title="Promotion tolerance (mAP@.5)",
             description="Promote if new >= current - tolerance",
+        ),
+        "min_map50": Param(
+            MIN_MAP50,
+            type="number",
+            minimum=0,
+            maximum=1,
+            title="Promotion floor (int8 mAP@.5)",
+            description="No model below this is promoted, the first one included (0 = no floor). The "
+            "default 0.1 rejects untrained or broken runs (a 20-step run scores 0.0) while the demo's "
+            "smallest config reaches 0.20.",
         ),
     }
 

@@ -64,10 +64,27 @@ class StepMixin:
         self.log.info("step: edgetpu-retrain %s", shlex.join(argv))
         self._prepare(argv, gpu)
         result = super().execute(context)  # type: ignore[misc]  # the operator's execute
-        return parse_result(result, task_id=self.task_id)
+        parsed = parse_result(result, task_id=self.task_id)
+        for outlet in getattr(self, "outlets", None) or ():  # Asset outlets: the result is the event's extra
+            context["outlet_events"][outlet].extra = asset_extra(parsed)
+        return parsed
 
     def _prepare(self, argv: list[str], gpu: bool) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def asset_extra(result: Any) -> dict[str, Any]:
+    """The part of a step's JSON result an Asset event carries: paths, counts, metrics (no long lists)."""
+    if not isinstance(result, dict):
+        return {}
+
+    def small(value: Any) -> bool:
+        scalar = (str, int, float, bool, type(None))
+        return isinstance(value, scalar) or (
+            isinstance(value, dict) and all(isinstance(v, scalar) for v in value.values())
+        )
+
+    return {key: value for key, value in result.items() if small(value)}
 
 
 def step_operator_base(operator: Any) -> Any:

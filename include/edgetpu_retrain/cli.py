@@ -24,6 +24,10 @@ VERBS: dict[str, tuple[str, str]] = {
     "build-dataset": ("edgetpu_retrain.data.dataset", "CSV, seeded split and sharded TFRecords"),
     "demo-data": ("edgetpu_retrain.data.demo", "draw the built-in shapes dataset (VOC XML)"),
     "render-config": ("edgetpu_retrain.model.config", "render the training config from a base model"),
+    "import-weights": (
+        "edgetpu_retrain.model.pretrained",
+        "convert a Coral/TFLite MobileNet into Keras backbone weights",
+    ),
     "train": ("edgetpu_retrain.model.train", "train the SSD detector (resumable)"),
     "export": ("edgetpu_retrain.export.saved_model", "export a checkpoint as a SavedModel"),
     "tflite": ("edgetpu_retrain.export.convert", "full-int8 TFLite with TFLite_Detection_PostProcess"),

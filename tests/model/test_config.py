@@ -67,6 +67,8 @@ def test_render_round_trip(dataset_dir, tmp_path, capsys):
         "num_classes": 3,
         "input_size": 256,
         "head": "ssd",
+        "backbone_weights": None,
+        "backbone_weights_warning": None,
     }
     text = out.read_text()
     assert text.count("\n# ") >= 4 and "# NMS IoU threshold" in text  # commented, readable
@@ -92,7 +94,7 @@ def test_render_round_trip(dataset_dir, tmp_path, capsys):
 def test_templates_for_both_bases(dataset_dir, tmp_path):
     for base, head in (("mobilenet_v1_ssd", "ssd"), ("mobilenet_v2_ssd", "ssdlite")):
         text, cfg = config.render_config(dataset_dir, base)
-        assert cfg.model.base == base and cfg.model.head == head and cfg.model.backbone_weights == "imagenet"
+        assert cfg.model.base == base and cfg.model.head == head and cfg.model.backbone_weights == "bundled"
         assert cfg.train.loss == "focal" and cfg.postprocess.max_detections == 20
 
 

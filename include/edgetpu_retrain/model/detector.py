@@ -6,7 +6,8 @@ MobileNet's [-1, 1] itself, so an exported uint8 input quantizes cleanly.
 
 Architecture (classic TF OD API SSD MobileNet feature extractor, Edge-TPU-friendly ops only):
 - backbone: keras.applications MobileNet (V1) or MobileNetV2, include_top=False, weights None /
-  'imagenet' / local file; feature maps at stride 16 and 32
+  'bundled' (the packaged Coral ImageNet models, see pretrained.py) / 'imagenet' / local .h5 or
+  MobileNet .tflite; feature maps at stride 16 and 32
   (V1: conv_pw_11_relu, conv_pw_13_relu; V2: block_13_expand_relu, out_relu);
 - extra feature maps at stride 64..512: 1x1 conv (d/2) then a stride-2 3x3 conv (d) — for SSDLite
   a depthwise 3x3 + 1x1 conv — each with batch norm and ReLU6; depths scaled by alpha (min 16);
@@ -64,13 +65,18 @@ def _backbone(cfg: Config, weights: str | None):
 
     m = cfg.model
     shape = (m.input_size, m.input_size, 3)
+    if weights == "bundled" or (isinstance(weights, str) and weights.endswith(".tflite")):
+        # converted once and cached; None (random init, with a warning) when no bundled file fits
+        from edgetpu_retrain.model import pretrained
+
+        weights = pretrained.backbone_weights_file(m.base, m.alpha, weights)
     if weights not in (None, "imagenet"):
         path = Path(weights)
         if not path.is_file():
             raise UserError(
                 f"{path}: backbone weights file not found (model.backbone_weights); give a local "
                 f".h5/.keras file of keras.applications weights with include_top=False, "
-                f"'imagenet', or null"
+                f"'bundled', 'imagenet', or null"
             )
         weights = str(path)
     app = keras.applications.MobileNet if m.base == "mobilenet_v1_ssd" else keras.applications.MobileNetV2
@@ -118,7 +124,8 @@ def _predictor(
 def build_detector(cfg: Config, *, weights: Any = _FROM_CONFIG):
     """The SSD detector as a Keras functional model (see module docstring).
 
-    weights: backbone weights, None / 'imagenet' / local file; defaults to cfg.model.backbone_weights.
+    weights: backbone weights, None / 'bundled' / 'imagenet' / local .h5 or .tflite; defaults to
+    cfg.model.backbone_weights.
     Raises UserError when the weights cannot be loaded (no network for 'imagenet', missing file).
     """
     import keras

@@ -79,6 +79,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    from edgetpu_retrain.model.pretrained import weights_note  # stdlib only at import
+
     text, cfg = render_config(args.dataset, args.base_model, parse_set(args.overrides))
     out = Path(args.out).resolve()
     write_text(out, text)
@@ -91,10 +93,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cfg.model.input_size,
         cfg.model.num_classes,
     )
+    note = weights_note(cfg.model.base, cfg.model.alpha, cfg.model.backbone_weights)
+    if note:
+        log.warning("%s", note)
     return {
         "config": str(out),
         "base_model": cfg.model.base,
         "num_classes": cfg.model.num_classes,
         "input_size": cfg.model.input_size,
         "head": cfg.model.head,
+        "backbone_weights": cfg.model.backbone_weights,
+        "backbone_weights_warning": note,
     }

@@ -19,6 +19,8 @@ import yaml
 from edgetpu_retrain.common import UserError
 from edgetpu_retrain.model.config.schema import Config
 
+WEIGHT_FILES = (".h5", ".keras", ".tflite")  # model.backbone_weights given as a local file
+
 
 def hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
@@ -179,10 +181,10 @@ def check(cfg: Config, source: str) -> Config:
         if depth < 1:
             raise UserError(f"{source}: 'model.extra_layer_depths[{i}]' must be >= 1, got {depth}")
     weights = cfg.model.backbone_weights
-    if weights is not None and weights != "imagenet" and not weights.endswith((".h5", ".keras")):
+    if weights is not None and weights not in ("bundled", "imagenet") and not weights.endswith(WEIGHT_FILES):
         raise UserError(
-            f"{source}: bad value {weights!r} for 'model.backbone_weights'; allowed: 'imagenet', "
-            f"a local .h5/.keras weights file, or null"
+            f"{source}: bad value {weights!r} for 'model.backbone_weights'; allowed: 'bundled', "
+            f"'imagenet', a local .h5/.keras weights file or MobileNet .tflite, or null"
         )
     if cfg.train.train_split not in cfg.data.tfrecords or not cfg.data.tfrecords[cfg.train.train_split]:
         raise UserError(

@@ -70,12 +70,16 @@ class ModelConfig:
     )
     alpha: float = _f(
         1.0,
-        "MobileNet width multiplier (imagenet weights exist for 0.25/0.35/0.5/0.75/1.0)",
+        "MobileNet width multiplier (bundled weights: V2 1.0, V1 1.0/0.75/0.5; "
+        "imagenet: 0.25/0.35/0.5/0.75/1.0)",
         min=0.1,
         max=1.4,
     )
     backbone_weights: str | None = _f(
-        "imagenet", "'imagenet' (downloads), a local .h5/.keras weights file (include_top=False), or null"
+        "bundled",
+        "'bundled' (ImageNet MobileNets shipped in the package: V2 alpha 1.0, V1 alpha 1.0/0.75/0.5; "
+        "converted once, cached), 'imagenet' (downloads), a local .h5/.keras weights file "
+        "(include_top=False) or MobileNet .tflite, or null (random init)",
     )
     bn_momentum: float = _f(
         0.9, "batch-norm moving-average momentum (~0.9 for short fine-tuning runs)", min=0.0, max=0.9999

@@ -188,8 +188,10 @@ def test_docker_runner_builds_a_docker_operator() -> None:
     assert (
         op.image == "edgetpu-retrain/trainer:latest" and op.gpu_image == "edgetpu-retrain/trainer-gpu:latest"
     )
-    assert op.auto_remove == "success" and op.mount_tmp_dir is False
+    assert op.auto_remove == "never" and op.mount_tmp_dir is False  # the runner removes it (docker.py)
     assert op.skip_on_exit_code == [99] and op.do_xcom_push is True and op.xcom_all is False
+    assert op.retrieve_output is True and op.retrieve_output_path == runners.DOCKER_XCOM_FILE
+    assert op.network_mode == "none"
     assert op.docker_url == "unix://var/run/docker.sock"
     [mount] = op.mounts
     assert (mount["Source"], mount["Target"], mount["Type"]) == (ROOT, ROOT, "bind")  # same path inside
@@ -226,9 +228,10 @@ RENDERED = [
 EXPECTED_ARGV = ["train", "--config", "/srv/edgetpu-data/runs/r/config.yaml", "--set", "train.steps=3"]
 
 
-def rendered(op, *, gpu: str | None = "False", skip_unless=None):
+def rendered(op, *, gpu: str | None = "False", skip_unless=None, network: str | None = "False"):
     """What Airflow's template rendering leaves on the operator right before execute()."""
     op.step_args, op.step_gpu, op.step_skip_unless = list(RENDERED), gpu, skip_unless
+    op.step_network = network
     return op
 
 
@@ -250,7 +253,7 @@ def test_docker_execute_sets_command_image_and_gpus(monkeypatch, allow_direct_ex
     assert seen["command"] == [
         "bash",
         "-c",
-        runners.WRAPPER,
+        runners.DOCKER_WRAPPER,
         "edgetpu-retrain-step",
         "edgetpu-retrain",
         *EXPECTED_ARGV,

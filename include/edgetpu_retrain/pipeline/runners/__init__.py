@@ -7,8 +7,9 @@ The runner is chosen by the environment variable EDGETPU_RUNNER (read when the D
 - ``local`` (`local.py`): BashOperator running the CLI on the worker itself;
 - ``kubernetes`` (`kubernetes.py`): KubernetesPodOperator with the data root on a PVC.
 
-`base.py` holds what they share (the bash wrapper that makes the step's JSON line the last log line,
-the step mixin), `args.py` the templated arguments (Opt/Flag/Repeat) and the result parsing, and
+`base.py` holds what they share (the bash wrappers that make the step's JSON line the last log line
+and, for the container runners, write it to a result file; the step mixin; the read-only inputs),
+`args.py` the templated arguments (Opt/Flag/Repeat) and the result parsing, and
 `settings.py` the environment. The XCom ``return_value`` of every step task is the parsed JSON object
 (a dict) in every runner.
 
@@ -33,6 +34,8 @@ from edgetpu_retrain.pipeline.runners.args import (
 )
 from edgetpu_retrain.pipeline.runners.base import (
     CONTAINER_CLI,
+    DOCKER_WRAPPER,
+    DOCKER_XCOM_FILE,
     K8S_WRAPPER,
     K8S_XCOM_FILE,
     WRAPPER,
@@ -41,15 +44,18 @@ from edgetpu_retrain.pipeline.runners.base import (
 )
 from edgetpu_retrain.pipeline.runners.factory import CLASS_NAMES, operator_class, step_task
 from edgetpu_retrain.pipeline.runners.local import INCLUDE_DIR
-from edgetpu_retrain.pipeline.runners.settings import DEFAULT_RUNNER, RUNNERS, RunnerSettings
+from edgetpu_retrain.pipeline.runners.settings import DEFAULT_RUNNER, NETWORK_STEPS, RUNNERS, RunnerSettings
 
 __all__ = [
     "CONTAINER_CLI",
     "DEFAULT_RUNNER",
+    "DOCKER_WRAPPER",
+    "DOCKER_XCOM_FILE",
     "INCLUDE_DIR",
     "JINJA_FILTERS",
     "K8S_WRAPPER",
     "K8S_XCOM_FILE",
+    "NETWORK_STEPS",
     "RUNNERS",
     "WRAPPER",
     "Flag",

@@ -8,6 +8,7 @@ always the step's JSON line, even if a library writes to stderr at exit. Exit co
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Iterable
 from typing import Any
@@ -17,17 +18,47 @@ from edgetpu_retrain.pipeline.runners.settings import RunnerSettings
 
 CONTAINER_CLI = ("edgetpu-retrain",)
 K8S_XCOM_FILE = "/airflow/xcom/return.json"
+# Where the docker runner's step container leaves its result line (read back with `retrieve_output`).
+DOCKER_XCOM_FILE = "/tmp/edgetpu-step-result.json"
 
 # stdout goes to a temp file while stderr streams; then stdout is printed, so its last line (the
 # step's JSON) is the last line Airflow sees. "$@" is the command: nothing is re-parsed by a shell.
 WRAPPER = 'out="$(mktemp)" || exit 1; trap \'rm -f "$out"\' EXIT; "$@" >"$out"; rc=$?; cat "$out"; exit "$rc"'
-# The KubernetesPodOperator reads its XCom from a file, written whatever the exit code.
-K8S_WRAPPER = (
-    'out="$(mktemp)" || exit 1; trap \'rm -f "$out"\' EXIT; '
-    '"$@" >"$out"; rc=$?; cat "$out"; mkdir -p "$(dirname ' + K8S_XCOM_FILE + ')"; '
-    'if [ -s "$out" ]; then tail -n 1 "$out" >' + K8S_XCOM_FILE + "; "
-    "else echo null >" + K8S_XCOM_FILE + '; fi; exit "$rc"'
-)
+
+
+def result_file_wrapper(path: str) -> str:
+    """`WRAPPER` that also writes the last stdout line (or ``null``) to `path`, whatever the exit code.
+
+    For the container runners: a container's stdout and stderr reach Airflow as two streams copied
+    separately, so the last log line is not reliably the step's JSON; a file is exact.
+    """
+    return (
+        'out="$(mktemp)" || exit 1; trap \'rm -f "$out"\' EXIT; '
+        '"$@" >"$out"; rc=$?; cat "$out"; mkdir -p "$(dirname ' + path + ')"; '
+        'if [ -s "$out" ]; then tail -n 1 "$out" >' + path + "; "
+        "else echo null >" + path + '; fi; exit "$rc"'
+    )
+
+
+# verb -> the flags whose (rendered) value is a path the step only reads (mounted read-only)
+READ_ONLY_INPUTS = {"validate": ("--images",), "evaluate": ("--dataset",), "download": ("--manifest",)}
+
+
+def read_only_paths(verb: str, argv: list[str], data_root: str) -> list[str]:
+    """The existing input paths of a step to mount read-only (never the data root or a parent of it)."""
+    flags = READ_ONLY_INPUTS.get(verb, ())
+    paths = [argv[i + 1] for i, arg in enumerate(argv[:-1]) if arg in flags]
+    root = os.path.normpath(data_root)
+    keep = []
+    for path in (os.path.normpath(p) for p in paths if os.path.isabs(p)):
+        if os.path.exists(path) and not (root + os.sep).startswith(path + os.sep) and path not in keep:
+            keep.append(path)
+    return keep
+
+
+# The KubernetesPodOperator reads its XCom from a file (the XCom sidecar); the DockerOperator too.
+K8S_WRAPPER = result_file_wrapper(K8S_XCOM_FILE)
+DOCKER_WRAPPER = result_file_wrapper(DOCKER_XCOM_FILE)
 
 
 class StepMixin:
@@ -36,19 +67,31 @@ class StepMixin:
     Subclasses implement `_prepare(argv, gpu)` (set the operator's command/image/devices).
     """
 
-    step_template_fields = ("step_args", "step_gpu", "step_skip_unless")
+    step_template_fields = ("step_args", "step_gpu", "step_skip_unless", "step_network")
     # set by the Airflow operator this mixin sits on
     log: Any
     task_id: str
 
     def _init_step(
-        self, *, verb: str, args: Iterable[Any], gpu: Any, skip_unless: Any, settings: RunnerSettings
+        self,
+        *,
+        verb: str,
+        args: Iterable[Any],
+        gpu: Any,
+        skip_unless: Any,
+        settings: RunnerSettings,
+        network: Any = None,
     ) -> None:
         self.step_verb = verb
         self.step_args = list(args)
         self.step_gpu = gpu
         self.step_skip_unless = skip_unless
         self.step_settings = settings
+        self.step_network = network
+
+    def needs_network(self) -> bool:
+        """Whether the rendered ``network`` template asks for a network (container runners)."""
+        return self.step_network is not None and truthy(self.step_network)
 
     def step_argv(self) -> list[str]:
         """The step command after rendering: ``[verb, *args]`` (no executable)."""
@@ -106,6 +149,7 @@ def step_operator_base(operator: Any) -> Any:
             step_gpu: Any = None,
             step_skip_unless: Any = None,
             step_settings: RunnerSettings,
+            step_network: Any = None,
             **kwargs: Any,
         ) -> None:
             self._init_step(
@@ -114,6 +158,7 @@ def step_operator_base(operator: Any) -> Any:
                 gpu=step_gpu,
                 skip_unless=step_skip_unless,
                 settings=step_settings,
+                network=step_network,
             )
             super().__init__(**self._operator_kwargs(kwargs))
 

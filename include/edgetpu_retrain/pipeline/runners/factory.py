@@ -1,7 +1,7 @@
 """The ONE place a runner is chosen: `step_task(verb, args)` builds the task with the configured runner.
 
 A runner module has `CLASS_NAME`, `build_class()` (its operator class; the provider is imported then)
-and `task_kwargs(settings, *, verb, gpu)` (the operator arguments of one step).
+and `task_kwargs(settings, *, verb, gpu, task_id)` (the operator arguments of one step).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Any
 
 from edgetpu_retrain.pipeline.runners import docker, kubernetes, local
-from edgetpu_retrain.pipeline.runners.settings import RunnerSettings
+from edgetpu_retrain.pipeline.runners.settings import NETWORK_STEPS, RunnerSettings
 
 PACKAGE = "edgetpu_retrain.pipeline.runners"  # where the operator classes are importable from
 RUNNER_MODULES: dict[str, ModuleType] = {"local": local, "docker": docker, "kubernetes": kubernetes}
@@ -39,6 +39,7 @@ def step_task(
     settings: RunnerSettings | None = None,
     gpu: Any = None,
     skip_unless: Any = None,
+    network: Any = None,
     **operator_kwargs: Any,
 ) -> Any:
     """Build the Airflow task that runs ``edgetpu-retrain <verb> <args>`` with the configured runner.
@@ -46,18 +47,23 @@ def step_task(
     ``args`` are templated (see Opt/Flag/Repeat). ``gpu`` is a template rendering a boolean (e.g.
     ``"{{ params.use_gpu }}"``): when true the docker/kubernetes runners use the GPU image and ask
     for GPUs. ``skip_unless`` is a template: when it renders empty the task is skipped without
-    running anything. Other keyword arguments (pool, retries, trigger_rule, ...) go to the operator.
+    running anything. ``network`` is a template rendering a boolean: when true a container step gets
+    the network EDGETPU_DOCKER_NETWORK names, else none (default: `settings.NETWORK_STEPS`, i.e.
+    download, and train with ``imagenet`` weights). Other keyword arguments (pool, retries,
+    trigger_rule, ...) go to the operator.
     """
     settings = settings or RunnerSettings.from_env()
-    kwargs = RUNNER_MODULES[settings.runner].task_kwargs(settings, verb=verb, gpu=gpu)
+    task_id = task_id or verb.replace("-", "_")
+    kwargs = RUNNER_MODULES[settings.runner].task_kwargs(settings, verb=verb, gpu=gpu, task_id=task_id)
     kwargs.update(operator_kwargs)
     return operator_class(settings.runner)(
-        task_id=task_id or verb.replace("-", "_"),
+        task_id=task_id,
         step_verb=verb,
         step_args=list(args),
         step_gpu=gpu,
         step_skip_unless=skip_unless,
         step_settings=settings,
+        step_network=NETWORK_STEPS.get(verb) if network is None else network,
         do_xcom_push=True,
         **kwargs,
     )

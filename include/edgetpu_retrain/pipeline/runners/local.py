@@ -42,7 +42,7 @@ def build_class() -> type:
     return LocalStepOperator
 
 
-def task_kwargs(settings: RunnerSettings, *, verb: str, gpu: Any) -> dict[str, Any]:
+def task_kwargs(settings: RunnerSettings, *, verb: str, gpu: Any, task_id: str) -> dict[str, Any]:
     """The BashOperator arguments of a step: the step environment, with this package on PYTHONPATH."""
     env = dict(settings.step_env())
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(INCLUDE_DIR), os.environ.get("PYTHONPATH", "")) if p)

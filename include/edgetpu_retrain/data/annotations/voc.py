@@ -19,6 +19,16 @@ from edgetpu_retrain.data.annotations.issues import ERROR, Issue
 
 MAX_XML_BYTES = 1 << 20
 _DTD_RE = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
+# lxml parser settings: no entity expansion, no network, no DTD, no huge trees, no comments/PIs.
+_SAFE_PARSER = {
+    "resolve_entities": False,
+    "no_network": True,
+    "load_dtd": False,
+    "huge_tree": False,
+    "dtd_validation": False,
+    "remove_comments": True,
+    "remove_pis": True,
+}
 _NO_DOCTYPE_FIX = "remove the <!DOCTYPE ...> block and any entity references; LabelImg never writes them"
 
 
@@ -80,15 +90,7 @@ def _parse_tree(data: bytes, source: str) -> tuple[Any, Issue | None]:
             f"{source} declares a DOCTYPE or ENTITY (refused: entity expansion / external entity attacks)",
             _NO_DOCTYPE_FIX,
         )
-    parser = etree.XMLParser(
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        huge_tree=False,
-        dtd_validation=False,
-        remove_comments=True,
-        remove_pis=True,
-    )
+    parser = etree.XMLParser(**_SAFE_PARSER)
     try:
         root = etree.fromstring(data, parser)
     except (etree.XMLSyntaxError, ValueError) as exc:

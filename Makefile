@@ -62,9 +62,13 @@ demo: $(BIN)/edgetpu-retrain
 	@echo "Demo artifacts under $(DEMO_ROOT):"
 	@echo "  incoming/shapes-demo/    the labeled drop (LabelImg JPEG + VOC XML + READY)"
 	@echo "  datasets/shapes/         dataset snapshot (manifest.json, annotations.csv, splits/, tfrecords/)"
-	@echo "  runs/<run_id>/           validation/, config.yaml, train/, saved_model/, tflite/, edgetpu/, eval_*.json, report/"
+	@echo "  runs/<run_id>/           validation/, config.yaml, train/, saved_model/, tflite/, edgetpu/, eval_*.json, report/ (report.html)"
 	@echo "  models/shapes/current/   the promoted model (model_int8.tflite, model card)"
+	@echo "  mlflow/                  MLflow runs + Model Registry (mlflow.db, artifacts/)"
 	@ls -d $(DEMO_ROOT)/runs/*/report/report.md $(DEMO_ROOT)/models/*/current 2>/dev/null || true
+	@echo "Run report (open in a browser): $$(ls -t $(DEMO_ROOT)/runs/*/report/report.html 2>/dev/null | head -1)"
+	@echo "MLflow store: $${EDGETPU_MLFLOW_URI:-sqlite:///$(DEMO_ROOT)/mlflow/mlflow.db}"
+	@echo "  look at it: mlflow ui --backend-store-uri $${EDGETPU_MLFLOW_URI:-sqlite:///$(DEMO_ROOT)/mlflow/mlflow.db} (full mlflow, see README)"
 
 test: $(BIN)/edgetpu-retrain
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

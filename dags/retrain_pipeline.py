@@ -46,7 +46,6 @@ def _data_tasks(*, root: str, run_dir: str, runner: str, poke_s: float, wait_s: 
         data_root=root,
         runner=runner,
         dataset_folder="{{ params.dataset_folder }}",
-        dataset_name="{{ params.dataset_name }}",
         wait_s=wait_s,
         poke_interval=poke_s,
         trigger_rule="none_failed",  # download is skipped without a manifest

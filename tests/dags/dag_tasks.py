@@ -13,5 +13,6 @@ TASKS = [
     "evaluate_float",
     "evaluate_int8",
     "promote",
+    "model_asset",
     "report",
 ]

@@ -50,7 +50,7 @@ def dag(dagbag):
 
 def test_dag_folder_imports_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert list(dagbag.dags) == [DAG_ID]
+    assert sorted(dagbag.dags) == ["deploy_model", DAG_ID]
 
 
 PARSE_SCRIPT = textwrap.dedent(
@@ -96,9 +96,12 @@ def test_parsing_is_fast_and_imports_nothing_heavy_for_every_runner(tmp_path) ->
 
 
 def test_schedule_and_run_limits(dag) -> None:
-    assert dag.schedule == "0 2 * * *"
-    # Airflow 3: a cron string is a CronTriggerTimetable, so a run's data interval end is its 02:00
-    assert type(dag.timetable).__name__ == "CronTriggerTimetable"
+    # nightly 02:00 (CronTriggerTimetable: a run's data interval end is its 02:00) OR a new drop (Asset)
+    assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+    assert type(dag.timetable.timetable).__name__ == "CronTriggerTimetable"
+    assert dag.timetable.timetable.expression == "0 2 * * *"
+    drops = dag.timetable.asset_condition
+    assert drops.uri == f"file://{DATA_ROOT}/incoming" and drops.watchers
     assert dag.catchup is False
     assert dag.max_active_runs == 1
     assert {"edgetpu", "coral"} <= set(dag.tags)
@@ -123,9 +126,13 @@ def test_params_are_typed_with_defaults(dag) -> None:
         "use_gpu",
         "require_compile",
         "promotion_tolerance",
+        "min_map50",
     }
     assert values["split"] == "0.8,0.1,0.1" and values["base_model"] == "mobilenet_v2_ssd"
-    assert values["config_overrides"] == {} and values["use_gpu"] is False and values["manifest"] == ""
+    assert values["config_overrides"] == {} and values["use_gpu"] is False and values["min_map50"] == 0.1
+    # "empty = default" params are nullable: the UI form submits its defaults (null), REST/CLI send "" or null
+    for name in ("dataset_folder", "manifest", "backbone_weights"):
+        assert values[name] is None and dag.params.get_param(name).schema["type"] == ["null", "string"]
     assert dag.params.get_param("base_model").schema["enum"] == ["mobilenet_v1_ssd", "mobilenet_v2_ssd"]
 
 
@@ -150,6 +157,11 @@ def test_params_are_typed_with_defaults(dag) -> None:
         ("dataset_name", "../etc", False),
         ("dataset_name", "shapes-v2", True),
         ("use_gpu", "yes", False),
+        ("dataset_folder", "", True),
+        ("manifest", None, True),
+        ("backbone_weights", "", True),
+        ("min_map50", 1.5, False),
+        ("min_map50", 0.0, True),
     ],
 )
 def test_param_validation(dag, name, value, ok) -> None:
@@ -180,7 +192,8 @@ def test_task_order(dag) -> None:
         ("edgetpu", "promote"),
         ("evaluate_float", "promote"),
         ("evaluate_int8", "promote"),
-        ("promote", "report"),
+        ("promote", "model_asset"),
+        ("model_asset", "report"),
         ("edgetpu", "report"),
         ("evaluate_float", "report"),
         ("evaluate_int8", "report"),
@@ -194,13 +207,18 @@ def test_task_order(dag) -> None:
 def test_trigger_rules_pools_and_retries(dag) -> None:
     tasks = dag.task_dict
     assert tasks["wait_for_drop"].trigger_rule == "none_failed"  # download is skipped without a manifest
-    assert tasks["wait_for_drop"].mode == "reschedule" and tasks["wait_for_drop"].soft_fail is True
+    # deferrable: waits in the triggerer (no worker slot), a short window per run type, then skipped
+    assert type(tasks["wait_for_drop"]).__name__ == "DropSensor" and tasks["wait_for_drop"].soft_fail is True
+    windows = tasks["wait_for_drop"].wait_s
+    assert windows["backfill"] == 0 and windows["asset_triggered"] == 0 and windows["scheduled"] <= 600
+    assert [a.name for a in tasks["build_dataset"].outlets] == ["edgetpu_dataset"]
+    assert [a.name for a in tasks["model_asset"].outlets] == ["edgetpu_model"]
     # the report explains failures too: a teardown of the sensor (skipped with it, not deciding run state)
     assert tasks["report"].is_teardown and tasks["wait_for_drop"].is_setup
     assert tasks["report"].trigger_rule == "all_done_setup_success"
     assert tasks["train"].pool == "training" and tasks["train"].retries >= 1
     assert all(tasks[t].trigger_rule == "all_success" for t in ORDER[2:-1])
-    assert all(tasks[t].skip_on_exit_code == [99] for t in ORDER if t != "wait_for_drop")
+    assert all(tasks[t].skip_on_exit_code == [99] for t in ORDER if t not in ("wait_for_drop", "model_asset"))
 
 
 class FakeTI:
@@ -307,6 +325,7 @@ def test_templates_render_to_commands(dag) -> None:
     [
         ("none", ["--set", "model.backbone_weights=null"]),
         ("", []),
+        (None, []),
         (
             "/srv/edgetpu-data/weights/mnv2.h5",
             ["--set", "model.backbone_weights=/srv/edgetpu-data/weights/mnv2.h5"],
@@ -351,7 +370,7 @@ FAKE_RESULTS = {
 }
 
 
-@pytest.mark.parametrize("task_id", [t for t in ORDER if t != "wait_for_drop"])
+@pytest.mark.parametrize("task_id", [t for t in ORDER if t not in ("wait_for_drop", "model_asset")])
 def test_rendered_commands_match_the_verbs_flags(dag, task_id) -> None:
     """Each task's rendered argv is accepted by its verb's own argument parser (no step runs)."""
     from edgetpu_retrain import cli

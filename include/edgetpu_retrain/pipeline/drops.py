@@ -11,10 +11,11 @@ became ready. A run only sees drops whose marker is strictly older than its cut-
 The sensor (`sensor.DropSensor`) waits a short window after the cut-off and moves the limit along:
 a drop ready before `min(now, cut-off + window)` counts, so a re-run of a date still picks its drop.
 
-Among the ready drops the newest marker wins (ties: the larger drop id). A scheduled (nightly) run
-waits for a NEWLY labeled drop: the drop the previous run trained on (same id, same marker time) or one
-whose dataset version was already built after its marker (`built_from`, on disk: also sees REST runs)
-does not count again, so nights without new labels end skipped instead of retraining the same data.
+Among the ready drops the newest marker wins (ties: the larger drop id). A scheduled (nightly) or
+asset-triggered run waits for a NEWLY labeled drop: the drop the previous run trained on (same id,
+same marker time) or one whose dataset version was already built after its marker (`built_from`, on
+disk: also sees REST runs) does not count again, so nights without new labels end skipped instead of
+retraining the same data.
 Backfill and manual runs always take the newest ready drop, so a past date is reproduced and a click
 retrains. Standard library only: the sensor and the triggers call these functions at run time.
 """
@@ -149,8 +150,8 @@ def is_inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> boo
 
 
 def needs_new_drop(run_type: str | None) -> bool:
-    """Only scheduled runs insist on a drop the previous run did not train on (see module docstring)."""
-    return str(getattr(run_type, "value", run_type) or "").lower() == "scheduled"
+    """Scheduled and asset-triggered runs insist on a drop no run trained on (see module docstring)."""
+    return str(getattr(run_type, "value", run_type) or "").lower() in ("scheduled", "asset_triggered")
 
 
 def same_drop(found: dict[str, Any] | None, previous: dict[str, Any] | None) -> bool:
@@ -169,17 +170,16 @@ def same_drop(found: dict[str, Any] | None, previous: dict[str, Any] | None) -> 
 def built_from(found: dict[str, Any] | None, *, datasets_dir: str | os.PathLike[str]) -> bool:
     """True if a dataset version of `found` (a drop) was already built after its READY marker.
 
-    The nightly duplicate check on disk: `datasets/<name>/<version>/` newer than the marker means some
-    run (scheduled, manual or REST, whose XCom a scheduled run cannot see) already ingested this drop.
+    The duplicate check on disk: `<datasets_dir>/<any name>/<version>/` newer than the marker means
+    some run (scheduled, manual or REST, whose XCom a scheduled run cannot see) already ingested it.
     """
     if not found or found.get("source") != "incoming" or not found.get("ready_at"):
         return False
-    built = Path(datasets_dir) / str(found["version"])
-    try:
-        mtime = datetime.fromtimestamp(built.stat().st_mtime, tz=UTC)
-    except FileNotFoundError:
-        return False
-    return built.is_dir() and mtime >= datetime.fromisoformat(found["ready_at"])
+    ready_at = datetime.fromisoformat(found["ready_at"])
+    for built in Path(datasets_dir).glob(f"*/{found['version']}"):
+        if built.is_dir() and datetime.fromtimestamp(built.stat().st_mtime, tz=UTC) >= ready_at:
+            return True
+    return False
 
 
 def resolve_source(
@@ -198,7 +198,7 @@ def resolve_source(
        drop id. (Images fetched by the download step are unlabeled: they reach a run only after
        someone labels them and drops them into incoming/ with a READY marker.)
     3. `previous` (scheduled runs: the last run's sensor result) or a dataset version of the drop
-       already built in `datasets_dir` (scheduled runs: `datasets/<name>/`): not new, keep waiting.
+       already built under `datasets_dir` (scheduled and asset-triggered runs): not new, keep waiting.
     """
     if dataset_folder:
         path = Path(dataset_folder).expanduser()

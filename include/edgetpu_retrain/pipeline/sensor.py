@@ -24,7 +24,7 @@ from edgetpu_retrain.pipeline.triggers import DropTrigger, waiting_reason
 # max_active_runs=1 a waiting run holds the DAG's only run slot (not a worker slot). New drops start
 # their own run through the drop Asset (run type asset_triggered: the drop is there, no wait); the
 # nightly run is the safety net; a backfill reproduces a past date, so it never waits.
-DEFAULT_WAIT_S = {"scheduled": 300.0, "manual": 600.0, "backfill": 0.0, "asset_triggered": 60.0}
+DEFAULT_WAIT_S = {"scheduled": 300.0, "manual": 600.0, "backfill": 0.0, "asset_triggered": 0.0}
 WAIT_ENV = "EDGETPU_DROP_WAIT_SECONDS"
 
 
@@ -53,7 +53,7 @@ class DropSensor(BaseSensorOperator):
     soft_fail: the end of the window skips the run.
     """
 
-    template_fields = ("dataset_folder", "dataset_name")
+    template_fields = ("dataset_folder",)
     ui_color = "#fff3e0"
 
     def __init__(
@@ -62,7 +62,6 @@ class DropSensor(BaseSensorOperator):
         data_root: str,
         runner: str = "local",
         dataset_folder: str = "",
-        dataset_name: str = "",
         wait_s: Mapping[str, float] | None = None,
         poke_interval: float = 60.0,
         **kwargs: Any,
@@ -73,7 +72,6 @@ class DropSensor(BaseSensorOperator):
         self.data_root = data_root
         self.runner = runner
         self.dataset_folder = dataset_folder
-        self.dataset_name = dataset_name
 
     def _window(self, context: Any) -> tuple[datetime, datetime, str]:
         """The run's cut-off, the end of its waiting window, and its run type."""
@@ -88,13 +86,15 @@ class DropSensor(BaseSensorOperator):
         return cutoff, cutoff + timedelta(seconds=window), kind
 
     def _nightly_check(self, context: Any) -> tuple[dict | None, str | None]:
-        """Scheduled runs: the last run's drop (XCom) and the datasets folder (on disk) that is not new."""
-        if not drops.needs_new_drop(context["dag_run"].run_type):
+        """What is not new for a scheduled / asset-triggered run: the last scheduled run's drop (XCom)
+        and every drop with a dataset version on disk (also those of manual and REST runs)."""
+        run_type = context["dag_run"].run_type
+        if not drops.needs_new_drop(run_type):
             return None, None
-        previous = context["ti"].xcom_pull(task_ids=self.task_id, include_prior_dates=True)
-        name = "default" if is_none(self.dataset_name) else self.dataset_name
-        datasets_dir = f"{self.data_root}/datasets/{name}"
-        return (previous if isinstance(previous, dict) else None), datasets_dir
+        previous = None
+        if str(getattr(run_type, "value", run_type)) == "scheduled":
+            previous = context["ti"].xcom_pull(task_ids=self.task_id, include_prior_dates=True)
+        return (previous if isinstance(previous, dict) else None), f"{self.data_root}/datasets"
 
     def _source(self, context: Any, *, limit: datetime) -> tuple[dict | None, dict | None, str | None]:
         previous, datasets_dir = self._nightly_check(context)

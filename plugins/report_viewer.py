@@ -113,10 +113,14 @@ class RunReportLink(BaseOperatorLink):
         run = run_folder_name(ti_key.run_id)
         if report_file(data_root(), run, "report.html") is None:
             return ""  # not written yet (or not visible to the API server): the button stays disabled
+        from urllib.parse import urlsplit
+
         from airflow.configuration import conf
 
-        base = conf.get("api", "base_url", fallback="") or ""
-        return f"{base.rstrip('/')}{URL_PREFIX}/runs/{run}/report/report.html"
+        # the path of the API server's base URL only: the link then opens on whatever host and port the
+        # user reached the UI through (a proxy, a port forward), under the same sub-path
+        base = urlsplit(conf.get("api", "base_url", fallback="") or "").path.rstrip("/")
+        return f"{base}{URL_PREFIX}/runs/{run}/report/report.html"
 
 
 class EdgeTpuReportPlugin(AirflowPlugin):

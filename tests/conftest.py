@@ -25,6 +25,9 @@ SHARED_EDGETPU = SHARED_DATASETS.parent / "edgetpu"
 # The session-wide tiny trained model, SavedModel and .tflite (tests/export, tests/evaluate).
 from tiny_models import loaded_saved_model, micro_snapshot, tiny_run, tiny_tflite  # noqa: E402,F401
 
+# The session-wide tiny pipeline run, every step's verb (tests/release, tests/live).
+from tiny_pipeline import tiny_pipeline_run  # noqa: E402,F401
+
 
 def require_shared(path: Path, what: str) -> Path:
     """`path` if it exists; else skip (fail under CI=true) naming what is missing."""

@@ -216,7 +216,7 @@ def accuracy_section(steps: dict[str, Any], run_dir: Path) -> str:
 
 
 def samples_section(steps: dict[str, Any], run_dir: Path) -> str:
-    out = [f"<h2>Sample test images (int8, worst {rd.SAMPLES} first)</h2>"]
+    out = [f"<h2>Sample test images (int8, up to {rd.SAMPLES}, worst first)</h2>"]
     details = (
         rd.eval_details(steps.get("evaluate-int8", {}), run_dir, "int8")
         if _done(steps, "evaluate-int8")

@@ -29,6 +29,13 @@ from tiny_models import loaded_saved_model, micro_snapshot, tiny_run, tiny_tflit
 from tiny_pipeline import tiny_pipeline_run  # noqa: E402,F401
 
 
+@pytest.fixture
+def mlflow_off(monkeypatch) -> None:
+    """No MLflow tracking in promote/report (a tracked call costs ~5 s of sqlite store set-up); the
+    tracking tests pass their own store."""
+    monkeypatch.setenv("EDGETPU_MLFLOW_URI", "off")
+
+
 def require_shared(path: Path, what: str) -> Path:
     """`path` if it exists; else skip (fail under CI=true) naming what is missing."""
     if path.exists():

@@ -15,6 +15,8 @@ from edgetpu_retrain.cli import main
 from edgetpu_retrain.release import gate, registry
 from edgetpu_retrain.release.coverage import op_coverage
 
+pytestmark = pytest.mark.usefixtures("mlflow_off")  # promote/report without MLflow
+
 
 def make_run(
     root: Path,

@@ -11,6 +11,8 @@ from release_data import write as _json
 
 from edgetpu_retrain.cli import main
 
+pytestmark = pytest.mark.usefixtures("mlflow_off")  # promote/report without MLflow
+
 UNKNOWN_CLASS = {
     "code": "unknown_class",
     "severity": "error",

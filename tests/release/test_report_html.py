@@ -14,6 +14,8 @@ import pytest
 
 from edgetpu_retrain.cli import main
 
+pytestmark = pytest.mark.usefixtures("mlflow_off")  # promote/report without MLflow
+
 SECTIONS = ("Dataset", "Training", "Accuracy: float vs int8", "Sample test images", "Edge TPU", "Promotion")
 CHROMIUM = Path("/usr/bin/chromium")
 

@@ -143,7 +143,7 @@ class NewDropTrigger(BaseEventTrigger):
             ready = await asyncio.to_thread(self._ready)
             new = [d for d in ready if (d.drop_id, d.ready_at) not in seen]
             seen |= {(d.drop_id, d.ready_at) for d in ready}
-            if new:
-                drop = drops.pick_drop(new)
+            drop = drops.pick_drop(new)
+            if drop is not None:
                 self.log.info("new drop %s ready at %s", drop.drop_id, drop.ready_at.isoformat())
                 yield TriggerEvent(drop.as_result(cutoff=None))

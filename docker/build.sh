@@ -47,6 +47,9 @@ docker version --format '{{.Server.Version}}' >/dev/null 2>&1 \
 # Without the buildx plugin the CLI falls back to the legacy builder anyway; say so once, quietly.
 docker buildx version >/dev/null 2>&1 || export DOCKER_BUILDKIT=0
 mkdir -p "$CACHE"
+# One build at a time per cache folder (two test sessions share the staged context and the tags).
+exec 9>"$CACHE/build.lock"
+flock 9
 
 # The Debian mirror of this machine: EDGETPU_DEBIAN_MIRROR, else the first apt source serving bookworm.
 debian_mirror() {

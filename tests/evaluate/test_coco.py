@@ -114,6 +114,15 @@ def test_evaluate_cli_oracle_gives_map_1(micro_snapshot, tmp_path, monkeypatch):
     )
     assert line["map"] == 1.0 and line["map50"] == 1.0 and line["images"] == 4
     assert json.loads(out.read_text()) == line
+    details = json.loads((tmp_path / "eval.details.json").read_text())  # what the run report draws
+    assert line["details"] == str(tmp_path / "eval.details.json")
+    assert len(details["images"]) == 4 and len(details["recall_thresholds"]) == 101
+    for image, ex in zip(details["images"], examples, strict=True):
+        assert image["filename"] == ex["filename"] and image["gt_labels"] == ex["labels"].tolist()
+        assert image["boxes"] == image["gt_boxes"] and image["scores"] == sorted(
+            image["scores"], reverse=True
+        )
+    assert all(max(p) == 1.0 for p in details["pr_iou50"].values())  # the oracle: precision 1
     present = {n: v for n, v in line["per_class"].items() if v["objects"]}
     assert present and all(v == {"ap": 1.0, "ap50": 1.0, "objects": v["objects"]} for v in present.values())
 
@@ -149,7 +158,7 @@ def test_evaluate_cli_int8_vs_saved_model(tiny_run, tiny_tflite, micro_snapshot,
     )
     # deterministic: the same metrics again (latency aside)
     again = evaluate.evaluate(micro_snapshot, "test", [tiny_tflite["int8"]])
-    strip = lambda r: {k: v for k, v in r.items() if k not in ("latency_ms", "compare", "out")}  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k not in ("latency_ms", "compare", "out", "details")}  # noqa: E731
     assert strip(again) == {
         k: v for k, v in strip(line).items() if not k.startswith(("quantization", "drop"))
     }

@@ -243,6 +243,8 @@ def test_train_killed_midway_resumes_from_saved_step(cfg_path, cfg, tmp_path, ca
     assert all(np.isfinite(result[k]) for k in ("loss", "box_loss", "class_loss"))
     assert result["out_dir"] == str(out) and result["config"] == str(cfg_path)
     assert any((out / "tensorboard").iterdir())
+    logged = [json.loads(line)["step"] for line in (out / train.METRICS_FILE).read_text().splitlines()]
+    assert logged == sorted(set(logged)) and logged[-1] == target  # each step once, after a kill + resume
 
     # already at the target: does nothing, same JSON (also through the CLI)
     caplog.clear()
@@ -254,3 +256,21 @@ def test_train_killed_midway_resumes_from_saved_step(cfg_path, cfg, tmp_path, ca
     other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, head="ssdlite"))
     with pytest.raises(train.UserError, match="different model config"):
         train.train(other, out, steps=target + 1)
+
+
+def test_metrics_log_drops_what_a_killed_run_logged_past_its_checkpoint(tmp_path):
+    lines = [train.metrics_line(s, {"total": 1.5, "box": 1.0, "class": 0.5}, lr=0.01, images_per_s=3.0)
+             for s in (2, 4, 6)]  # fmt: skip
+    (tmp_path / train.METRICS_FILE).write_text("".join(lines) + '{"step": 8, "lo')  # cut by the kill
+    with train.open_metrics_log(tmp_path, 4) as log:
+        log.write(lines[2])
+    rows = [json.loads(line) for line in (tmp_path / train.METRICS_FILE).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert rows[0] == {
+        "step": 2,
+        "loss": 1.5,
+        "box_loss": 1.0,
+        "cls_loss": 0.5,
+        "lr": 0.01,
+        "images_per_s": 3.0,
+    }

@@ -47,7 +47,7 @@ def test_success_skip_and_failure(
     tmp_path: Path,
     monkeypatch,
     allow_direct_execute,
-    caplog,
+    capfd,
 ) -> None:
     from airflow.providers.docker.exceptions import DockerContainerFailedException
     from airflow.sdk.exceptions import AirflowSkipException
@@ -58,11 +58,10 @@ def test_success_skip_and_failure(
 
     # success: the XCom is the step's dict, read from the result file; the container is removed
     demo = step(docker_engine, trainer_image, root, "demo-data", ["--out", str(drop), "--images", "3"])
-    with caplog.at_level("INFO"):
-        result = demo.execute({})
+    result = demo.execute({})
     assert isinstance(result, dict) and result["images"] == 3
     cid = demo.container["Id"]
-    assert f"container {cid} created from image {trainer_image}" in caplog.text
+    assert f"container {cid} created from image {trainer_image}" in capfd.readouterr().out  # task log
     assert containers(docker_engine) == before
 
     # failure (a drop with no images): DockerContainerFailedException, the container is kept
@@ -74,6 +73,7 @@ def test_success_skip_and_failure(
     with pytest.raises(DockerContainerFailedException):
         failing.execute({})
     cid = failing.container["Id"]
+    assert f"kept the failed container {cid}: docker logs {cid}" in capfd.readouterr().out
     kept = docker_engine.client().containers.get(cid)
     try:
         assert "error:" in kept.logs().decode()  # `docker logs <id>` works on the kept container

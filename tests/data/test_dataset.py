@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
+import logging
 import os
 import shutil
 import struct
@@ -178,7 +180,6 @@ def test_iter_records_detects_corruption(tmp_path):
         ("a,b,c", "not numbers"),
         ("0.8,0.3,-0.1", "non-negative"),
         ("0.5,0.1,0.1", "sum to 1"),
-        ("0,0.5,0.5", "train ratio"),
         ("nan,0.5,0.5", "non-negative"),
     ],
 )
@@ -190,6 +191,7 @@ def test_parse_split_errors(text, message):
 def test_parse_split_ok():
     assert dataset.parse_split("0.7, 0.2, 0.1") == (0.7, 0.2, 0.1)
     assert dataset.parse_split("1,0,0") == (1.0, 0.0, 0.0)
+    assert dataset.parse_split("0,0,1") == (0.0, 0.0, 1.0)  # evaluation-only
 
 
 def test_stratified_split_deterministic_and_balanced():
@@ -218,6 +220,45 @@ def test_stratified_split_deterministic_and_balanced():
         {"a.jpg": ["x"], "b.jpg": ["y"], "c.jpg": ["y"], "d.jpg": []}, (0.5, 0.5, 0.0), 3
     )
     assert "a.jpg" in b["train"] and any(n in b["train"] for n in ("b.jpg", "c.jpg")) and b["test"] == []
+
+
+def test_tiny_train_ratio_reports_the_moves():
+    images = {f"{c}{i}.jpg": [c] for c in ("x", "y", "z") for i in range(10)}
+    splits, moved = dataset.split_with_moves(images, (0.001, 0.0, 0.999), 0)
+    assert sorted(moved) == ["x", "y", "z"] and set(moved.values()) == set(splits["train"])
+    assert splits == dataset.stratified_split(images, (0.001, 0.0, 0.999), 0)
+    assert dataset.split_with_moves(images, (0.8, 0.1, 0.1), 0)[1] == {}
+    eval_only, moved = dataset.split_with_moves(images, (0.0, 0.0, 1.0), 0)
+    assert moved == {} and eval_only["train"] == [] and len(eval_only["test"]) == 30
+
+
+def test_evaluation_only_dataset_and_training_on_it(tmp_path, bccd_validated, caplog):
+    from edgetpu_retrain.model import config, train
+
+    caplog.set_level(logging.INFO, logger="edgetpu_retrain")
+    result = dataset.build_dataset(bccd_validated, tmp_path / "ds", split=(0, 0, 1), workers=1)
+    accepted = len(json.loads((bccd_validated / "accepted.json").read_text())["images"])
+    assert result["evaluation_only"] and result["moved_to_train"] == {}
+    assert result["tfrecords"]["train"] == [] and result["counts"]["test"]["images"] == accepted
+    assert "evaluation-only dataset" in caplog.text
+    with pytest.raises(UserError, match=r"dataset .*ds has no 'train' records.*evaluation-only.*--split 0.8"):
+        config.render_config(tmp_path / "ds", "mobilenet_v2_ssd")
+    # a config rendered for another split, then pointed at an empty split by hand: train refuses too
+    _, cfg = config.render_config(tmp_path / "ds", "mobilenet_v2_ssd", [("train.train_split", "test")])
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, train_split="val"))
+    with pytest.raises(UserError, match=r"has no 'val' records.*evaluation-only"):
+        train.train(cfg, tmp_path / "run")
+
+
+def test_moved_to_train_in_the_json_and_the_log(tmp_path, bccd_validated, caplog):
+    caplog.set_level(logging.WARNING, logger="edgetpu_retrain")
+    result = dataset.build_dataset(bccd_validated, tmp_path / "ds", split=(0.001, 0.0, 0.999), workers=1)
+    assert result["moved_to_train"]  # 0.1% of the images in train would leave classes out
+    train_names = (tmp_path / "ds" / "splits" / "train.txt").read_text().split()
+    assert set(result["moved_to_train"].values()) <= set(train_names)
+    assert all(n > 0 for n in result["counts"]["train"]["per_class"].values())  # every class trained on
+    for name, file_name in result["moved_to_train"].items():
+        assert f"class {name} had no image in train" in caplog.text and file_name in caplog.text
 
 
 # ------------------------------------------------------------------------------------------ build
@@ -291,7 +332,17 @@ def test_bccd_examples_match_accepted_and_xml(bccd_built, bccd_dir):
 def test_bccd_manifest_and_stratification(bccd_built):
     out, result = bccd_built
     manifest = json.loads((out / "manifest.json").read_text())
-    assert set(result) == {"manifest", "csv", "tfrecords", "counts", "label_map", "dataset_dir"}
+    assert set(result) == {
+        "manifest",
+        "csv",
+        "tfrecords",
+        "counts",
+        "label_map",
+        "dataset_dir",
+        "moved_to_train",
+        "evaluation_only",
+    }
+    assert result["moved_to_train"] == {} and result["evaluation_only"] is False
     assert manifest["outputs"] == {k: v for k, v in sha_tree(out).items() if k != "manifest.json"}
     assert manifest["split"] == [0.8, 0.1, 0.1] and manifest["seed"] == 0
     assert manifest["num_classes"] == 3 and [c["id"] for c in manifest["classes"]] == [1, 2, 3]

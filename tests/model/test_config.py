@@ -96,6 +96,30 @@ def test_templates_for_both_bases(dataset_dir, tmp_path):
         text, cfg = config.render_config(dataset_dir, base)
         assert cfg.model.base == base and cfg.model.head == head and cfg.model.backbone_weights == "bundled"
         assert cfg.train.loss == "focal" and cfg.postprocess.max_detections == 20
+        assert cfg.train.warmup_steps == "auto" and cfg.train.backbone_bn == "auto"
+        assert cfg.train.backbone_lr_multiplier == "auto" and cfg.train.optimizer == "adamw"
+        assert "warmup_steps: auto" in text and "backbone_bn: auto" in text
+
+
+def test_recipe_keys_round_trip(dataset_dir, tmp_path):
+    sets = [
+        "train.warmup_steps=30",
+        "train.backbone_bn=frozen",
+        "train.freeze_backbone_steps=50",
+        "train.backbone_lr_multiplier=0.1",
+        "train.optimizer=adamw",
+    ]
+    text, cfg = config.render_config(dataset_dir, "mobilenet_v2_ssd", config.parse_set(sets))
+    assert (cfg.train.warmup_steps, cfg.train.backbone_bn, cfg.train.freeze_backbone_steps) == (
+        30,
+        "frozen",
+        50,
+    )
+    assert cfg.train.backbone_lr_multiplier == 0.1 and cfg.train.optimizer == "adamw"
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    assert config.load_config(path) == cfg
+    assert "an integer >= 0 or auto" in text
 
 
 @pytest.mark.parametrize(
@@ -120,6 +144,13 @@ def test_templates_for_both_bases(dataset_dir, tmp_path):
         ("model.num_classes=7", ["'model.num_classes'", "'data.classes'"]),
         ("train.unmatched_threshold=0.7", ["'train.unmatched_threshold'"]),
         ("model.score_converter=softmax", ["'train.loss' focal", "model.score_converter=sigmoid"]),
+        ("train.warmup_steps=some", ["'train.warmup_steps'", "an integer >= 0 or auto"]),
+        ("train.warmup_steps=-5", ["'train.warmup_steps'", "an integer >= 0 or auto"]),
+        ("train.warmup_steps=2.5", ["'train.warmup_steps'", "an integer >= 0 or auto"]),
+        ("train.backbone_bn=half", ["'train.backbone_bn'", "auto, frozen, train"]),
+        ("train.freeze_backbone_steps=-1", ["'train.freeze_backbone_steps'", ">= 0"]),
+        ("train.backbone_lr_multiplier=-0.5", ["'train.backbone_lr_multiplier'", "a number >= 0.0 or auto"]),
+        ("train.backbone_lr_multiplier=fast", ["'train.backbone_lr_multiplier'", "a number >= 0.0 or auto"]),
     ],
 )
 def test_set_errors_name_the_key(dataset_dir, tmp_path, capsys, item, expected):

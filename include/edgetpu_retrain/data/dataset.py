@@ -17,7 +17,9 @@ Choices (documented here and in the verb's --help):
 * Split: iterative stratification (Sechidis et al. 2011) on the set of classes in each image, rarest
   class first, ties broken by a `random.Random(seed)` stream (only `random()` is used, whose sequence
   Python guarantees across versions); background images then fill the splits furthest below target.
-  Afterwards any class with images but none in train gets one image moved into train.
+  Afterwards (when the train ratio is > 0) any class with images but none in train gets one image moved
+  into train, logged and listed as `moved_to_train` {class: file} in the JSON line. A train ratio of 0
+  (`--split 0,0,1`) builds an evaluation-only dataset: no train shards, and render-config/train refuse it.
 * Within a split (shards.py), examples go to shards round-robin in a seeded shuffled order (so a small shuffle
   buffer in training still sees mixed classes). Default shard count per split: ceil(bytes / 150 MB),
   at least 1; `--shards N` asks for N per split; never more shards than images. An empty split writes
@@ -64,8 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--split",
         default="0.8,0.1,0.1",
-        help="train,val,test ratios: three non-negative numbers summing to 1, train > 0 "
-        "(default 0.8,0.1,0.1)",
+        help="train,val,test ratios: three non-negative numbers summing to 1 (default 0.8,0.1,0.1); "
+        "0,0,1 = an evaluation-only dataset",
     )
     parser.add_argument("--seed", type=int, default=0, help="split and shard-order seed (default 0)")
     parser.add_argument(
@@ -100,7 +102,10 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def parse_split(text: str | Sequence[float]) -> tuple[float, float, float]:
-    """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1); UserError unless 3 non-negative numbers summing to 1, train > 0."""
+    """'0.8,0.1,0.1' -> (0.8, 0.1, 0.1); UserError unless 3 non-negative numbers summing to 1.
+
+    A train ratio of 0 (e.g. 0,0,1) builds an evaluation-only dataset: no train records.
+    """
     if isinstance(text, str):
         parts = [p.strip() for p in text.split(",")]
         try:
@@ -116,8 +121,6 @@ def parse_split(text: str | Sequence[float]) -> tuple[float, float, float]:
         raise UserError(f"--split {shown!r}: ratios must be non-negative numbers, e.g. 0.8,0.1,0.1")
     if abs(sum(values) - 1.0) > 1e-6:
         raise UserError(f"--split {shown!r}: ratios sum to {sum(values):g}, must sum to 1, e.g. 0.8,0.1,0.1")
-    if values[0] <= 0:
-        raise UserError(f"--split {shown!r}: the train ratio must be > 0")
     return (values[0], values[1], values[2])
 
 
@@ -145,9 +148,17 @@ def stratified_split(
 ) -> dict[str, list[str]]:
     """Iterative stratification of images by their class sets; returns {split: sorted file names}.
 
-    Same inputs and seed -> same result. Splits with ratio 0 get nothing; every class that has images
-    gets at least one image in train.
+    Same inputs and seed -> same result. Splits with ratio 0 get nothing; when train has a ratio > 0,
+    every class that has images gets at least one image in train (see split_with_moves).
     """
+    return split_with_moves(image_classes, ratios, seed)[0]
+
+
+def split_with_moves(
+    image_classes: Mapping[str, Sequence[str]], ratios: Sequence[float], seed: int
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """stratified_split plus {class: file name} of the images moved into train so that every class is
+    trained on (a tiny train ratio would otherwise leave classes out); reported, never silent."""
     rng = random.Random(seed)
     names = _shuffled(sorted(image_classes), rng)
     active = [j for j, r in enumerate(ratios) if r > 0]
@@ -180,15 +191,39 @@ def stratified_split(
         if name not in assigned:
             assign(name, _pick(active, {j: (desired[j],) for j in active}, rng))
 
-    # Every class in train when possible: move in the image with the fewest classes (then by name).
+    moved = _move_into_train(assigned, by_class, classes_of) if ratios[0] > 0 else {}
+    result: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for name in sorted(assigned):
+        result[SPLITS[assigned[name]]].append(name)
+    return result, moved
+
+
+def _move_into_train(
+    assigned: dict[str, int], by_class: Mapping[str, list[str]], classes_of: Mapping[str, list[str]]
+) -> dict[str, str]:
+    """Every class in train: move in the image with the fewest classes (then by name); {class: file}."""
+    moved: dict[str, str] = {}
     for c in sorted(by_class):
         if not any(assigned[n] == 0 for n in by_class[c]):
             candidates = sorted(by_class[c], key=lambda n: (len(classes_of[n]), n))
             assigned[candidates[0]] = 0
-    result: dict[str, list[str]] = {s: [] for s in SPLITS}
-    for name in sorted(assigned):
-        result[SPLITS[assigned[name]]].append(name)
-    return result
+            moved[c] = candidates[0]
+    return moved
+
+
+def _report_split(moved: Mapping[str, str], ratios: Sequence[float]) -> None:
+    for class_name, file_name in sorted(moved.items()):
+        log.warning(
+            "class %s had no image in train at --split %s: moved %s into train (every class must be "
+            "trained on); reported as moved_to_train",
+            class_name,
+            ",".join(f"{r:g}" for r in ratios),
+            file_name,
+        )
+    if ratios[0] == 0:
+        log.info(
+            "train ratio 0: evaluation-only dataset (no train records; use it with `evaluate --dataset`)"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -256,9 +291,10 @@ def build_dataset(
         )
     out = Path(out_dir).resolve()
     by_name = {rec["filename"]: rec for rec in images}
-    splits = stratified_split(
+    splits, moved = split_with_moves(
         {n: [o["class"] for o in r["objects"]] for n, r in by_name.items()}, ratios, seed
     )
+    _report_split(moved, ratios)
     _record_sizes(images)
 
     with atomic_dir(out) as tmp:
@@ -299,4 +335,6 @@ def build_dataset(
         "counts": counts,
         "label_map": str(out / "label_map.pbtxt"),
         "dataset_dir": str(out),
+        "moved_to_train": dict(sorted(moved.items())),
+        "evaluation_only": ratios[0] == 0,
     }

@@ -94,6 +94,11 @@ def _backbone(cfg: Config, weights: str | None):
     )
 
 
+def backbone_of(model: Any) -> Any:
+    """The keras.applications backbone sub-model inside a detector from build_detector."""
+    return next(layer for layer in model.layers if layer.name.endswith("_backbone"))
+
+
 def _conv_bn(x: Any, filters: int, kernel: int, *, stride: int, name: str, momentum: float) -> Any:
     from keras import layers
 

@@ -1,6 +1,10 @@
-"""One training step of the detector, on one device or split over GPUs (tf.distribute).
+"""The model `train` optimizes and one training step of it, on one device or split over GPUs.
 
 `strategy()` is MirroredStrategy over all visible GPUs (memory growth on), else the default strategy.
+`build_training_model` is build_detector plus training-only settings that leave the variables, checkpoint
+keys and exported graph unchanged: faster kernels (`train_kernels`: fused BatchNorm, 1x1 convs as MatMul;
+train.fused_batch_norm / pointwise_matmul) and train.backbone_bn (the backbone's BatchNorm in inference
+mode).
 `make_train_step` returns the tf.function `train` calls once per step.
 """
 
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from edgetpu_retrain.common import log
 from edgetpu_retrain.model.config import Config
 
 
@@ -25,20 +30,74 @@ def strategy() -> Any:
     return tf.distribute.get_strategy()
 
 
-def make_train_step(cfg: Config, model: Any, optimizer: Any, *, strategy: Any, step_var: Any) -> Any:
+def backbone_bn_frozen(cfg: Config) -> bool:
+    """train.backbone_bn resolved: auto = frozen for a pretrained backbone, batch statistics otherwise."""
+    mode = cfg.train.backbone_bn
+    if mode == "auto":
+        return cfg.model.backbone_weights is not None
+    return mode == "frozen"
+
+
+def freeze_backbone_bn(model: Any) -> int:
+    """Put the backbone's BatchNorm layers in inference mode for training (Keras 3: trainable=False
+    uses the moving statistics and fixes gamma/beta). Returns the number of layers frozen."""
+    import keras
+
+    from edgetpu_retrain.model.detector import backbone_of
+
+    frozen = 0
+    for layer in backbone_of(model).layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+            frozen += 1
+    return frozen
+
+
+def build_training_model(cfg: Config) -> Any:
+    """The detector `train` optimizes: build_detector + the training-only settings of the config."""
+    from edgetpu_retrain.model import detector, train_kernels
+
+    model = detector.build_detector(cfg)
+    switched = train_kernels.use_training_kernels(
+        model, fused_batch_norm=cfg.train.fused_batch_norm, pointwise_matmul=cfg.train.pointwise_matmul
+    )
+    log.info(
+        "training kernels: %d fused BatchNorm, %d pointwise convs as MatMul",
+        switched["batch_norm"],
+        switched["pointwise_conv"],
+    )
+    if backbone_bn_frozen(cfg):
+        log.info(
+            "backbone batch norm frozen (inference mode) in %d layers (train.backbone_bn=%s)",
+            freeze_backbone_bn(model),
+            cfg.train.backbone_bn,
+        )
+    return model
+
+
+def make_train_step(
+    cfg: Config, groups: dict[str, tuple[Any, list[Any]]], *, model: Any, strategy: Any, step_var: Any
+) -> Any:
     """tf.function(images, labels) -> losses of one optimizer step over the (distributed) batch.
 
-    One replica: one tf.function (jit_compile = train.jit_compile). Several GPUs: forward/backward per
-    replica under strategy.run, gradients all-reduced by apply_gradients; losses are averaged over
-    replicas, positives summed over the global batch.
+    groups: {name: (optimizer, its variables)} (optim.optimizer_groups); each optimizer applies its
+    slice of the gradients. One replica: one tf.function (jit_compile = train.jit_compile). Several
+    GPUs: forward/backward per replica under strategy.run, gradients all-reduced by apply_gradients;
+    losses are averaged over replicas, positives summed over the global batch.
     """
     import tensorflow as tf
 
     from edgetpu_retrain.model import losses
 
     replicas = strategy.num_replicas_in_sync
-    variables = model.trainable_variables
+    variables = [v for _, group_vars in groups.values() for v in group_vars]
     jit = cfg.train.jit_compile
+
+    def apply(grads):
+        offset = 0
+        for opt, group_vars in groups.values():
+            opt.apply_gradients(zip(grads[offset : offset + len(group_vars)], group_vars, strict=True))
+            offset += len(group_vars)
 
     def compute(images, box_t, cls_t):
         with tf.GradientTape() as tape:
@@ -51,7 +110,7 @@ def make_train_step(cfg: Config, model: Any, optimizer: Any, *, strategy: Any, s
 
     def replica_step(images, labels):
         parts, grads = compute_fn(images, labels["box_targets"], labels["cls_targets"])
-        optimizer.apply_gradients(zip(grads, variables, strict=False))
+        apply(grads)
         return parts
 
     if replicas == 1:

@@ -1,7 +1,8 @@
 """`edgetpu-retrain train --config FILE --out DIR`: train the SSD detector, resumably.
 
-Writes DIR/checkpoints/ckpt-N (tf.train.CheckpointManager; the checkpoint holds `model`, `optimizer`,
-the step counter and the last losses), DIR/tensorboard (scalars), DIR/train_result.json (the JSON
+Writes DIR/checkpoints/ckpt-N (tf.train.CheckpointManager; the checkpoint holds `model`, `optimizer`
+(and `backbone_optimizer` when the backbone has its own learning rate), the step counter and the last
+losses), DIR/tensorboard (scalars), DIR/train_result.json (the JSON
 line) and DIR/metrics.jsonl (one JSON object per logged step: step, loss, box_loss, cls_loss, lr,
 images_per_s; what the run report plots and MLflow logs). A retried task resumes from the latest
 checkpoint (data order and augmentation continue where they stopped); when the target step count is
@@ -10,8 +11,10 @@ already reached it does nothing and prints the same JSON.
 
 Devices: tf.distribute.MirroredStrategy over all visible GPUs (the batch is split between them), the
 default strategy on CPU. Seeds: keras.utils.set_random_seed(train.seed) + seeded, ordered input.
-Modules: `optim` (schedule, optimizer), `step` (the tf.function of one step, devices), `progress`
-(log line, TensorBoard, metrics.jsonl); this module runs them in order.
+Fine-tuning (train.backbone_bn, freeze_backbone_steps, backbone_lr_multiplier) changes training only:
+the exported graph, and so the Edge TPU op list, is the same.
+Modules: `optim` (schedules, optimizers), `step` (the training model, the tf.function of one step,
+devices), `progress` (log line, TensorBoard, metrics.jsonl); this module runs them in order.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from typing import Any
 
 from edgetpu_retrain.common import UserError, log, read_json, write_json
 from edgetpu_retrain.model.config import Config, load_config
-from edgetpu_retrain.model.optim import current_lr
+from edgetpu_retrain.model.config.coerce import no_train_records_message
+from edgetpu_retrain.model.optim import backbone_lr_multiplier, current_lr, optimizer_groups, resolve_warmup
 from edgetpu_retrain.model.optim import make_optimizer as make_optimizer  # re-exported (tests)
 from edgetpu_retrain.model.progress import METRICS_FILE, Progress
 from edgetpu_retrain.model.progress import metrics_line as metrics_line  # re-exported (tests)
@@ -54,14 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 @dataclass
 class Run:
-    """What one training run holds: the model, its optimizer, the step counter, the checkpoints."""
+    """What one training run holds: the model, its optimizers, the step counter, the checkpoints."""
 
     cfg: Config
     out: Path
     config_path: Path
     strategy: Any
     model: Any
-    optimizer: Any
+    groups: dict[str, tuple[Any, list[Any]]]  # checkpoint key -> (optimizer, its variables)
     step_var: Any
     last: dict[str, Any]  # last losses and images/s, stored in the checkpoint for an up-to-date re-run
     manager: Any
@@ -100,11 +104,13 @@ def _prepare_out(out: Path, *, resume: bool) -> Path:
     return out
 
 
-def _check_inputs(cfg: Config, total: int) -> None:
+def _check_inputs(cfg: Config, total: int, config_path: Path) -> None:
     from edgetpu_retrain.model import inputs
 
     if total < 1:
         raise UserError(f"--steps {total}: must be >= 1")
+    if not inputs.train_files(cfg):
+        raise UserError(no_train_records_message(cfg, str(config_path or "config")))
     for split_file in inputs.train_files(cfg):
         if not Path(split_file).is_file():
             raise UserError(
@@ -114,10 +120,10 @@ def _check_inputs(cfg: Config, total: int) -> None:
 
 
 def _build_run(cfg: Config, out: Path, config_path: Path, total: int) -> Run:
-    """Model, optimizer and step counter under the device strategy, and their checkpoint manager."""
+    """Model, optimizers and step counter under the device strategy, and their checkpoint manager."""
     import tensorflow as tf
 
-    from edgetpu_retrain.model import detector, step
+    from edgetpu_retrain.model import step
 
     strategy = step.strategy()
     replicas = strategy.num_replicas_in_sync
@@ -126,19 +132,23 @@ def _build_run(cfg: Config, out: Path, config_path: Path, total: int) -> Run:
             f"train.batch_size={cfg.train.batch_size} must be a multiple of the {replicas} GPUs in use"
         )
     with strategy.scope():
-        model = detector.build_detector(cfg)
-        optimizer = make_optimizer(cfg, total)
-        optimizer.build(model.trainable_variables)
+        model = step.build_training_model(cfg)
+        groups = optimizer_groups(cfg, model, total)
+        for opt, group_vars in groups.values():
+            opt.build(group_vars)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         last = {k: tf.Variable(0.0, trainable=False, name=f"last_{k}") for k in (*LOSS_KEYS, "ips")}
     ckpt = tf.train.Checkpoint(
-        model=model, optimizer=optimizer, step=step_var, **{f"last_{k}": v for k, v in last.items()}
+        model=model,
+        step=step_var,
+        **{name: opt for name, (opt, _) in groups.items()},
+        **{f"last_{k}": v for k, v in last.items()},
     )
     manager = tf.train.CheckpointManager(
         ckpt, str(out / "checkpoints"), max_to_keep=cfg.train.keep_checkpoints, checkpoint_name="ckpt"
     )
     _restore(ckpt, manager, step_var)
-    return Run(cfg, out, config_path, strategy, model, optimizer, step_var, last, manager)
+    return Run(cfg, out, config_path, strategy, model, groups, step_var, last, manager)
 
 
 def _restore(ckpt: Any, manager: Any, step_var: Any) -> None:
@@ -186,7 +196,8 @@ def _check_finite(cfg: Config, step: int, values: dict[str, float]) -> None:
 def _log_start(run: Run, n_anchors: int, start: int, total: int) -> None:
     m, t = run.cfg.model, run.cfg.train
     log.info(
-        "training %s (%s head, %dx%d, %d anchors) steps %d -> %d, batch %d on %d replica(s), jit=%s",
+        "training %s (%s head, %dx%d, %d anchors) steps %d -> %d, batch %d on %d replica(s), jit=%s, "
+        "%s lr %g, warm-up %d steps",
         m.base,
         m.head,
         m.input_size,
@@ -197,6 +208,14 @@ def _log_start(run: Run, n_anchors: int, start: int, total: int) -> None:
         t.batch_size,
         run.strategy.num_replicas_in_sync,
         t.jit_compile,
+        t.optimizer,
+        t.learning_rate,
+        resolve_warmup(t, total),
+    )
+    log.info(
+        "backbone: lr x%g, frozen for the first %d steps",
+        backbone_lr_multiplier(run.cfg),
+        t.freeze_backbone_steps,
     )
 
 
@@ -212,7 +231,7 @@ def _run_steps(
     dataset = inputs.train_dataset(run.cfg, boxes, start_step=start)
     iterator = iter(run.strategy.experimental_distribute_dataset(dataset))
     train_step = step.make_train_step(
-        run.cfg, run.model, run.optimizer, strategy=run.strategy, step_var=run.step_var
+        run.cfg, run.groups, model=run.model, strategy=run.strategy, step_var=run.step_var
     )
     progress = Progress(run.cfg, run.out, start=start)
     _log_start(run, len(boxes), start, total)
@@ -234,7 +253,7 @@ def _run_steps(
         if n % t.log_every == 0 or n == total:
             values = _numpy(parts)
             _check_finite(run.cfg, n, values)
-            progress.report(n, total, values, lr=current_lr(run.optimizer))
+            progress.report(n, total, values, lr=current_lr(run.groups["optimizer"][0]))
         if n % t.checkpoint_every == 0 or n == total:
             values = _numpy(parts)
             run.save(n, values, progress.images_per_sec())
@@ -261,7 +280,7 @@ def train(
     import keras
 
     total = int(steps if steps is not None else cfg.train.steps)
-    _check_inputs(cfg, total)
+    _check_inputs(cfg, total, Path(config_path))
     out = _prepare_out(Path(out).resolve(), resume=resume)
     keras.utils.set_random_seed(cfg.train.seed)
     run = _build_run(cfg, out, Path(config_path), total)

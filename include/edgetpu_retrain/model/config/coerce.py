@@ -26,7 +26,18 @@ def hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+def _keyword_or_number(hint: Any) -> bool:
+    """`int | str` / `float | str`: a number, or one of the field's keywords (e.g. auto)."""
+    args = typing.get_args(hint)
+    return (
+        typing.get_origin(hint) in (typing.Union, types.UnionType) and str in args and type(None) not in args
+    )
+
+
 def allowed_text(meta: dict[str, Any], hint: Any) -> str:
+    if _keyword_or_number(hint):
+        number = _type_name(next(a for a in typing.get_args(hint) if a is not str))
+        return f"{number} >= {meta.get('min')} or " + " / ".join(meta.get("choices") or ())
     if meta.get("choices"):
         return "one of: " + ", ".join(str(c) for c in meta["choices"])
     lo, hi = meta.get("min"), meta.get("max")
@@ -74,6 +85,8 @@ def _coerce(value: Any, hint: Any, *, meta: dict[str, Any], path: str, source: s
         return _coerce(
             value, next(a for a in args if a is not type(None)), meta=meta, path=path, source=source
         )
+    if _keyword_or_number(hint):
+        return _keyword_or_number_value(value, hint, meta=meta, path=path, source=source)
     if hint is bool:
         if not isinstance(value, bool):
             raise _bad(value, path=path, meta=meta, hint=hint, source=source)
@@ -112,6 +125,18 @@ def _coerce(value: Any, hint: Any, *, meta: dict[str, Any], path: str, source: s
     if hi is not None and value > hi:
         raise _bad(value, path=path, meta=meta, hint=hint, source=source)
     return value
+
+
+def _keyword_or_number_value(value: Any, hint: Any, *, meta: dict[str, Any], path: str, source: str) -> Any:
+    if isinstance(value, str):  # a keyword (choices), else the number rules
+        if value not in (meta.get("choices") or ()):
+            raise _bad(value, path=path, meta=meta, hint=hint, source=source)
+        return value
+    number = next(a for a in typing.get_args(hint) if a is not str)
+    try:
+        return _coerce(value, number, meta={**meta, "choices": None}, path=path, source=source)
+    except UserError:
+        raise _bad(value, path=path, meta=meta, hint=hint, source=source) from None
 
 
 def _build(cls: type, raw: Any, *, path: str, source: str) -> Any:
@@ -187,11 +212,20 @@ def check(cfg: Config, source: str) -> Config:
             f"'imagenet', a local .h5/.keras weights file or MobileNet .tflite, or null"
         )
     if cfg.train.train_split not in cfg.data.tfrecords or not cfg.data.tfrecords[cfg.train.train_split]:
-        raise UserError(
-            f"{source}: 'train.train_split' is {cfg.train.train_split!r} but 'data.tfrecords' has "
-            f"no shards for it; allowed: {', '.join(k for k, v in cfg.data.tfrecords.items() if v)}"
-        )
+        raise UserError(no_train_records_message(cfg, source))
     return cfg
+
+
+def no_train_records_message(cfg: Config, source: str) -> str:
+    """Training on a dataset without records in the train split (e.g. built with --split 0,0,1)."""
+    split = cfg.train.train_split
+    others = ", ".join(k for k, v in cfg.data.tfrecords.items() if v) or "none"
+    return (
+        f"{source}: dataset {cfg.data.dataset_dir} has no {split!r} records to train on (splits with "
+        f"records: {others}); it is an evaluation-only dataset (build-dataset --split with a train ratio "
+        f"of 0): use it with `evaluate --dataset`, or rebuild it with a train ratio > 0 (e.g. --split "
+        f"0.8,0.1,0.1) to train, or set train.train_split to a split that has records"
+    )
 
 
 def config_from_dict(raw: Any, *, source: str = "config") -> Config:

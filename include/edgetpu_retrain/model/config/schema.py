@@ -117,13 +117,44 @@ class TrainConfig:
     steps: int = _f(5000, "optimizer steps in total (a resumed run stops here too)", min=1)
     batch_size: int = _f(8, "images per step (split over GPUs when there are several)", min=1)
     learning_rate: float = _f(0.02, "peak learning rate", min=0.0, min_exclusive=True)
-    warmup_steps: int = _f(200, "linear warm-up from 10% to the peak learning rate", min=0)
+    warmup_steps: int | str = _f(
+        "auto",
+        "linear warm-up from 10% to the peak learning rate: steps, or auto = min(200, 10% of train.steps) "
+        "(a warning when >= 50% of the steps)",
+        choices=("auto",),
+        min=0,
+    )
     schedule: str = _f(
         "cosine", "after warm-up: cosine decay to 0 at `steps`, or constant", choices=("cosine", "constant")
     )
-    optimizer: str = _f("sgd", "sgd (with momentum) or adam", choices=("sgd", "adam"))
-    momentum: float = _f(0.9, "SGD momentum (adam: beta_1)", min=0.0, max=0.9999)
+    optimizer: str = _f(
+        "sgd",
+        "sgd (with momentum), adam, or adamw (decoupled weight decay)",
+        choices=("sgd", "adam", "adamw"),
+    )
+    momentum: float = _f(0.9, "SGD momentum (adam/adamw: beta_1)", min=0.0, max=0.9999)
     weight_decay: float = _f(4e-5, "decoupled weight decay on kernels (not on biases / batch norm)", min=0.0)
+    backbone_bn: str = _f(
+        "auto",
+        "backbone batch norm while training: frozen = inference mode (moving statistics and gamma/beta "
+        "fixed; safe on small batches), train = batch statistics, auto = frozen with pretrained "
+        "backbone_weights, train with random init (training only: the exported graph is the same)",
+        choices=("auto", "frozen", "train"),
+    )
+    freeze_backbone_steps: int = _f(
+        0,
+        "backbone weights not updated for the first N steps (head-only warm-up); then the backbone "
+        "learning rate ramps up over the warm-up length",
+        min=0,
+    )
+    backbone_lr_multiplier: float | str = _f(
+        "auto",
+        "backbone learning rate = this x the schedule's (0 = backbone fixed); auto = 0.1 with pretrained "
+        "backbone_weights (measured: a full-rate AdamW step wrecks the frozen-BN ImageNet features), 1 "
+        "with random init",
+        choices=("auto",),
+        min=0.0,
+    )
     loss: str = _f(
         "focal",
         "classification loss: sigmoid focal, or hard-negative-mined cross-entropy",
@@ -149,6 +180,16 @@ class TrainConfig:
     jit_compile: bool = _f(
         False,
         "XLA-compile the train step (10x slower + 50 s compile on the 2-core CPU measured; may help on GPU)",
+    )
+    fused_batch_norm: bool = _f(
+        True,
+        "training only: BatchNorm as one fused kernel (same maths as Keras' unfused ops, ~1.6x faster "
+        "steps on CPU); export is unaffected",
+    )
+    pointwise_matmul: bool = _f(
+        True,
+        "training only: 1x1 convolutions as MatMul (same maths, ~1.5x faster MobileNet V2 steps on CPU); "
+        "export is unaffected",
     )
     train_split: str = _f("train", "dataset split used for training")
     augmentation: AugmentationConfig = _f(default_factory=AugmentationConfig, help="box-aware augmentation")

@@ -1,0 +1,141 @@
+"""train_kernels: the fused BatchNorm and MatMul 1x1 convs compute what Keras' layers compute (outputs,
+gradients, moving statistics), and a checkpoint of the switched model restores into a plain detector."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+tf = pytest.importorskip("tensorflow")
+import keras
+from conftest import REPO
+
+from edgetpu_retrain.model import config, train_kernels
+from edgetpu_retrain.model import detector as model
+
+
+def _forward_backward(layer, x, upstream, training: bool):
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x, training=training)
+        loss = tf.reduce_sum(y * upstream)
+    grads = tape.gradient(loss, [x, *layer.trainable_variables])
+    return [y.numpy()] + [g.numpy() for g in grads] + [v.numpy() for v in layer.non_trainable_variables]
+
+
+@pytest.mark.parametrize("shape", [(4, 6, 6, 8), (3, 1, 1, 5)])
+@pytest.mark.parametrize("training", [True, False])
+def test_fused_batch_norm_matches_keras(shape, training):
+    x = tf.random.stateless_normal(shape, [1, 2], mean=3.0, stddev=2.0)
+    upstream = tf.random.stateless_normal(shape, [3, 4])
+    results = []
+    for fused in (False, True):
+        bn = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3)
+        bn.build(shape)
+        bn.gamma.assign(tf.linspace(0.5, 1.5, shape[-1]))
+        bn.moving_variance.assign(tf.linspace(0.5, 2.0, shape[-1]))
+        if fused:
+            assert train_kernels.use_training_kernels(keras.Sequential([bn]))["batch_norm"] == 1
+            assert type(bn) is train_kernels.FusedBatchNormalization
+        results.append(_forward_backward(bn, x, upstream, training))
+    for plain, fused in zip(*results, strict=True):
+        np.testing.assert_allclose(fused, plain, rtol=1e-4, atol=1e-4)
+
+
+def test_pointwise_matmul_matches_conv2d():
+    x = tf.random.stateless_normal([2, 5, 7, 6], [5, 6])
+    upstream = tf.random.stateless_normal([2, 5, 7, 4], [7, 8])
+    results = []
+    for matmul in (False, True):
+        keras.utils.set_random_seed(0)
+        conv = keras.layers.Conv2D(4, 1, padding="same", bias_initializer="glorot_uniform")
+        conv.build(x.shape)
+        if matmul:
+            assert train_kernels.use_training_kernels(keras.Sequential([conv]))["pointwise_conv"] == 1
+        results.append(_forward_backward(conv, x, upstream, True))
+    for plain, fast in zip(*results, strict=True):
+        np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-5)
+
+
+def test_switched_detector_checkpoint_restores_into_plain_detector(tmp_path):
+    cfg = config.config_from_dict(
+        {
+            "model": {
+                "base": "mobilenet_v2_ssd",
+                "num_classes": 2,
+                "input_size": 96,
+                "alpha": 0.35,
+                "backbone_weights": None,
+            },
+            "data": {
+                "dataset_dir": "/d",
+                "label_map": "/d/label_map.pbtxt",
+                "classes": ["a", "b"],
+                "tfrecords": {"train": ["/d/t.tfrecord"]},
+            },
+        }
+    )
+    keras.utils.set_random_seed(0)
+    det = model.build_detector(cfg)
+    switched = train_kernels.use_training_kernels(det)
+    assert switched["batch_norm"] > 50 and switched["pointwise_conv"] > 30
+    images = tf.random.stateless_uniform([2, 96, 96, 3], [1, 1], 0, 255)
+    det(images, training=True)  # moves the BatchNorm statistics away from their initial values
+    expected = det(images, training=False)
+    prefix = tf.train.Checkpoint(model=det).save(str(tmp_path / "ckpt"))
+    plain = model.load_detector(cfg, prefix)
+    assert not any(
+        isinstance(layer, train_kernels.FusedBatchNormalization)
+        for layer in plain.get_layer("mobilenet_v2_ssd_backbone").layers
+    )
+    for got, want in zip(plain(images, training=False), expected, strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+
+
+_MIRRORED = """
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from edgetpu_retrain.model import anchors, config, optim, step
+cfg = config.config_from_dict({
+    "model": {"base": "mobilenet_v2_ssd", "num_classes": 2, "input_size": 96, "alpha": 0.35,
+              "backbone_weights": None},
+    "data": {"dataset_dir": "/d", "label_map": "/d/l.pbtxt", "classes": ["a", "b"],
+             "tfrecords": {"train": ["/d/t"]}},
+    "train": {"batch_size": 4, "backbone_lr_multiplier": 0.5}})
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+with strategy.scope():
+    det = step.build_training_model(cfg)
+    groups = optim.optimizer_groups(cfg, det, 10)
+    for opt, group_vars in groups.values():
+        opt.build(group_vars)
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False)
+assert set(groups) == {"optimizer", "backbone_optimizer"}
+train_step = step.make_train_step(cfg, groups, model=det, strategy=strategy, step_var=step_var)
+n = anchors.num_anchors(cfg)
+labels = {"box_targets": tf.zeros([4, n, 4]), "cls_targets": tf.one_hot(tf.range(4) * 7, n, dtype=tf.int32)}
+ds = tf.data.Dataset.from_tensors((tf.random.uniform([4, 96, 96, 3], 0, 255), labels)).repeat()
+batches = iter(strategy.experimental_distribute_dataset(ds))
+moving = det.get_layer("mobilenet_v2_ssd_backbone").get_layer("bn_Conv1").moving_mean
+for _ in range(2):
+    parts = train_step(*next(batches))
+assert int(step_var.numpy()) == 2 and float(parts["num_pos"]) == 4.0, parts
+assert float(tf.reduce_max(tf.abs(moving))) > 0.0
+print("ok", strategy.num_replicas_in_sync)
+"""
+
+
+@pytest.mark.slow
+def test_train_step_with_kernels_under_mirrored_strategy():
+    """The multi-GPU path (strategy.run per replica, MirroredVariables, two optimizer groups): no GPU
+    here, so two logical CPU devices stand in for two GPUs; set up in a fresh process (logical devices
+    must precede TF init)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO / "include")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _MIRRORED], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0 and "ok 2" in proc.stdout, proc.stderr[-3000:]

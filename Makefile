@@ -12,15 +12,20 @@ DEMO_ROOT ?= $(CURDIR)/demo_data
 DEMO_AIRFLOW_HOME ?= $(DEMO_ROOT)/airflow
 # Demo training budget: 240 shapes images, a 160 px SSD MobileNet V1 at width 0.5 (its bundled Coral
 # ImageNet weights are native 160 px) fine-tuned with the templates' recipe (AdamW 1e-3, frozen backbone
-# batch norm, backbone lr x0.1, warm-up auto) for DEMO_STEPS steps of 8, default augmentation (crop, colour,
-# flip: the pretrained start no longer needs crop off to converge in the budget). Offline: the weights
-# ship in the package. Measured on the shared 2-core machine: see README "Fine-tuning recipe".
+# batch norm, warm-up auto, default crop/colour/flip augmentation) for 1200 steps of 8; offline (the
+# weights ship in the package). One difference: the backbone learns at the full rate (DEMO_BACKBONE_LR=1)
+# instead of the templates' 0.1 for pretrained starts, because flat synthetic shapes are far from ImageNet
+# photos: measured at 1200 steps, int8 mAP@.5 0.998 (mAP 0.77) at 1x vs 0.989 (0.68) at 0.1x, while on
+# real photos (microcontroller) 1x collapses. Training steps took 142 s at 8.4 steps/s on the shared
+# 2-core machine at load ~15 (README "Fine-tuning recipe"); crop augmentation stays on (off: same mAP@.5
+# at 1500 steps, lower training loss only).
 DEMO_IMAGES ?= 240
 DEMO_STEPS ?= 1200
 DEMO_INPUT_SIZE ?= 160
 DEMO_BASE ?= mobilenet_v1_ssd
 DEMO_ALPHA ?= 0.5
-DEMO_CONF ?= {"dataset_name": "shapes", "base_model": "$(DEMO_BASE)", "input_size": $(DEMO_INPUT_SIZE), "steps": $(DEMO_STEPS), "batch_size": 8, "backbone_weights": "bundled", "split": "0.7,0.15,0.15", "config_overrides": {"model.alpha": $(DEMO_ALPHA)}}
+DEMO_BACKBONE_LR ?= 1.0
+DEMO_CONF ?= {"dataset_name": "shapes", "base_model": "$(DEMO_BASE)", "input_size": $(DEMO_INPUT_SIZE), "steps": $(DEMO_STEPS), "batch_size": 8, "backbone_weights": "bundled", "split": "0.7,0.15,0.15", "config_overrides": {"model.alpha": $(DEMO_ALPHA), "train.backbone_lr_multiplier": $(DEMO_BACKBONE_LR)}}
 PYTEST_ARGS ?=
 
 # Environment of the demo: the local runner (BashOperator running this venv's CLI), no example

@@ -10,8 +10,10 @@ latency under ai-edge-litert at 1 and 2 threads. Prints one line per figure and 
 The defaults (SSDLite MobileNetV2, 160 px, alpha 0.5, 5000 steps of batch 8) take about 20 minutes on
 2 CPU cores.
 
-No ImageNet weights can be downloaded here, so the backbone starts from random init
-(`model.backbone_weights=null`); pass `--set model.backbone_weights=/path/notop.h5` elsewhere.
+`--weights` is model.backbone_weights: `bundled` (default: the packaged Coral ImageNet MobileNets, no
+download; bundled alphas V2 1.0, V1 1.0/0.75/0.5), `null` (random init) or a local weights file.
+The shapes demo recipe (`make demo`): `--labelimg DIR_FROM_demo-data --base-model mobilenet_v1_ssd
+--input-size 160 --alpha 0.5 --steps 1200 --split 0.7,0.15,0.15 --set train.backbone_lr_multiplier=1`.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def main() -> int:
     parser.add_argument("--input-size", type=int, default=160, help="model.input_size")
     parser.add_argument("--alpha", type=float, default=0.5, help="model.alpha (backbone width)")
     parser.add_argument("--split", default="0.8,0.1,0.1")
+    parser.add_argument("--weights", default="bundled", help="model.backbone_weights (bundled | null | FILE)")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="extra render-config key=value"
     )
@@ -93,7 +96,7 @@ def main() -> int:
         log=log,
     )
     sets = [
-        "model.backbone_weights=null",
+        f"model.backbone_weights={args.weights}",
         f"train.steps={args.steps}",
         f"model.input_size={args.input_size}",
         f"model.alpha={args.alpha}",

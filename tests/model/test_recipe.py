@@ -210,7 +210,9 @@ def test_make_demo_config_trains_from_bundled_weights(tmp_path):
     ]
     _, cfg = config.render_config(tmp_path / "ds", conf["base_model"], sets)
     assert weights_note(cfg.model.base, cfg.model.alpha, cfg.model.backbone_weights) is None
-    assert step.backbone_bn_frozen(cfg) and optim.backbone_lr_multiplier(cfg) == 0.1
+    overrides = conf["config_overrides"]
+    assert step.backbone_bn_frozen(cfg)
+    assert optim.backbone_lr_multiplier(cfg) == overrides.get("train.backbone_lr_multiplier", 0.1)
     assert (
         cfg.train.optimizer == "adamw"
         and optim.resolve_warmup(cfg.train, cfg.train.steps) < cfg.train.steps // 5

@@ -24,7 +24,7 @@ PRETRAINED_BACKBONE_LR = 0.1  # backbone_lr_multiplier: auto with pretrained wei
 def warmup_length(t: TrainConfig, total_steps: int) -> int:
     """train.warmup_steps for a run of total_steps (`auto` scales with the run)."""
     if t.warmup_steps == "auto":
-        return min(AUTO_WARMUP_MAX, int(round(AUTO_WARMUP_FRACTION * total_steps)))
+        return min(AUTO_WARMUP_MAX, round(AUTO_WARMUP_FRACTION * total_steps))
     return int(t.warmup_steps)
 
 

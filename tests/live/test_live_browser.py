@@ -61,7 +61,7 @@ def test_trigger_form_submits_defaults_plus_a_folder_and_the_run_succeeds(ui, ar
     page.locator(SUBMIT).scroll_into_view_if_needed()
     shot(page, artifacts, "ui-form-filled")
     page.locator(SUBMIT).click()
-    page.get_by_text("Dag Run Triggered").wait_for()
+    page.get_by_text("Dag Run Triggered").first.wait_for()  # the toast (and its live-region copy)
     conf = posted[0]["conf"]
     assert conf["manifest"] is None and conf["learning_rate"] is None  # empty field -> null
     run_id = (
@@ -74,7 +74,7 @@ def test_trigger_form_submits_defaults_plus_a_folder_and_the_run_succeeds(ui, ar
     done = api.wait_run(DAG_ID, run_id, timeout=900)
     states = api.task_states(DAG_ID, run_id)
     page.goto(f"{server.url}/dags/{DAG_ID}/runs/{run_id}")
-    page.get_by_text(f"{len(states)} Task Instances").wait_for()
+    page.get_by_text(f"{len(states)} Task Instances").first.wait_for()
     time.sleep(2)  # let the grid settle
     shot(page, artifacts, "ui-run-succeeded")
     assert done["state"] == "success", states

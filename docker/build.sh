@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the trainer image where a registry and a package index may be missing, and cache it:
 #   DOCKER_HOST=... docker/build.sh [--image trainer|trainer-gpu] [--base auto|registry|debootstrap]
-#                                   [--pip wheelhouse|index] [--force] [--rebuild-base]
+#                                   [--pip wheelhouse|index] [--force] [--no-cache] [--rebuild-base]
 # Base (--base): `registry` uses BASE_IMAGE (python:3.11-slim-bookworm) from the registry; `debootstrap`
 # builds a Debian bookworm base from the Debian mirror of this machine's apt sources and imports it as
 # edgetpu-retrain/base:bookworm (needs root + debootstrap); `auto` (default) takes BASE_IMAGE when it
@@ -11,7 +11,7 @@
 # use the network index (--network host; pass PIP_INDEX_URL in the environment for a mirror).
 # The image is tagged edgetpu-retrain/<image>:<content hash> (+ :latest): the hash covers the
 # Dockerfile, the base image, requirements.txt, pyproject.toml and include/, so a build is skipped when
-# none of them changed (--force rebuilds). Last stdout line: IMAGE=<tag>.
+# none of them changed (--force rebuilds; --no-cache also skips the layer cache). Last stdout line: IMAGE=<tag>.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
@@ -19,7 +19,7 @@ CACHE="${EDGETPU_BUILD_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edgetpu-retrain/bu
 PYTHON="${PYTHON:-$( [ -x "$REPO/.venv/bin/python" ] && echo "$REPO/.venv/bin/python" || command -v python3)}"
 REGISTRY_BASE="${BASE_IMAGE:-python:3.11-slim-bookworm}"
 LOCAL_BASE="edgetpu-retrain/base:bookworm"
-image=trainer base_mode=auto pip_mode=wheelhouse force=0 rebuild_base=0
+image=trainer base_mode=auto pip_mode=wheelhouse force=0 rebuild_base=0 no_cache=0
 
 say() { echo "build: $*" >&2; }
 die() { say "$*"; exit 1; }
@@ -33,6 +33,7 @@ while [ $# -gt 0 ]; do
         --base) base_mode="$2"; shift 2 ;;
         --pip) pip_mode="$2"; shift 2 ;;
         --force) force=1; shift ;;
+        --no-cache) force=1 no_cache=1; shift ;;  # also no layer cache (a cold build)
         --rebuild-base) rebuild_base=1; shift ;;
         -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) die "unknown option $1 (see $0 --help)" ;;
@@ -156,6 +157,7 @@ main() {
         say "cached: $tag (base $base, inputs unchanged)"
     else
         local args=(--build-arg "BASE_IMAGE=$base" -f "$DOCKERFILE" -t "$tag")
+        [ "$no_cache" = 1 ] && args+=(--no-cache)
         if [ "$pip_mode" = wheelhouse ]; then
             args+=(--network none --build-arg PIP_NO_INDEX=1 --build-arg PIP_FIND_LINKS=/tmp/wheelhouse)
         else

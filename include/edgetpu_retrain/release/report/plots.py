@@ -109,13 +109,14 @@ def training_curves(rows: list[dict[str, Any]]) -> str:
     fig = _figure(8.0, 2.8)
     loss_ax, lr_ax = fig.subplots(1, 2)
     steps = [r["step"] for r in rows]
+    line = {"linewidth": 1.3, "marker": "o" if len(rows) <= 20 else None, "markersize": 3}  # 1 point shows
     for i, (key, label) in enumerate((("loss", "total"), ("box_loss", "box"), ("cls_loss", "class"))):
-        loss_ax.plot(steps, [r.get(key) for r in rows], color=_color(i), label=label, linewidth=1.3)
+        loss_ax.plot(steps, [r.get(key) for r in rows], color=_color(i), label=label, **line)
     loss_ax.set_xlabel("step")
     loss_ax.set_ylabel("loss")
     loss_ax.set_title("Training loss")
     loss_ax.legend(frameon=False)
-    lr_ax.plot(steps, [r.get("lr") for r in rows], color=_color(4), linewidth=1.3)
+    lr_ax.plot(steps, [r.get("lr") for r in rows], color=_color(4), **line)
     lr_ax.set_xlabel("step")
     lr_ax.set_ylabel("learning rate")
     lr_ax.set_title("Learning-rate schedule")

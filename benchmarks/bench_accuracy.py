@@ -73,7 +73,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from bench_latency import bench
-    from conftest import SHARED_DATASETS, copy_labelimg_folder
+    from testdata import SHARED_DATASETS, copy_labelimg_folder
 
     from edgetpu_retrain.evaluate.runtime import decode_image, resize_to_input
 

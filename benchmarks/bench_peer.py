@@ -81,7 +81,7 @@ COLUMNS = (
 def prepare_dataset(args: argparse.Namespace, work: Path, log: Path) -> tuple[Path, Path]:
     """(validated dir, dataset snapshot dir) from the real validate + build-dataset verbs."""
     from bench_accuracy import step
-    from conftest import SHARED_DATASETS, copy_labelimg_folder
+    from testdata import SHARED_DATASETS, copy_labelimg_folder
 
     images = args.labelimg or copy_labelimg_folder(SHARED_DATASETS / args.dataset, work / "labelimg")
     validated, _ = step("validate", "--images", str(images), "--out", str(work / "validated"), log=log)

@@ -30,7 +30,7 @@ from edgetpu_retrain.model import config  # noqa: E402
 
 
 def build_dataset(name: str, work: Path, limit: int | None) -> Path:
-    from conftest import SHARED_DATASETS, copy_labelimg_folder
+    from testdata import SHARED_DATASETS, copy_labelimg_folder
 
     src = SHARED_DATASETS / name
     names = sorted(p.stem for p in (src / "images").iterdir())

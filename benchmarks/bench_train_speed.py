@@ -52,7 +52,7 @@ VARIANTS = {  # name -> config overrides
 
 def build_dataset(name: str, work: Path) -> Path:
     """A train-only snapshot of a shared LabelImg dataset, made with the real verbs."""
-    from conftest import SHARED_DATASETS, copy_labelimg_folder
+    from testdata import SHARED_DATASETS, copy_labelimg_folder
 
     images = copy_labelimg_folder(SHARED_DATASETS / name, work / "labelimg")
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the benchmark's own lines

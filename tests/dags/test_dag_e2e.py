@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parents[2]
 use_private_airflow_home()  # before anything imports Airflow
 
 import pytest  # noqa: E402
-from conftest import copy_labelimg_folder  # noqa: E402  (tests/conftest.py)
 from dag_tasks import TASKS  # noqa: E402
+from testdata import copy_labelimg_folder  # noqa: E402  (tests/conftest.py)
 
 DAG_ID = "edgetpu_retrain"
 FULL_RUN_TASKS = TASKS

@@ -14,7 +14,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from conftest import copy_labelimg_folder
+from testdata import copy_labelimg_folder
 
 from edgetpu_retrain import cli
 from edgetpu_retrain.common import UserError

@@ -6,8 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import copy_labelimg_folder
 from hostile import HOSTILE_LABEL_MAP, build_hostile_corpus, voc_xml
+from testdata import copy_labelimg_folder
 
 from edgetpu_retrain import cli
 

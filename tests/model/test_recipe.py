@@ -13,7 +13,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
-from conftest import copy_labelimg_folder
+from testdata import copy_labelimg_folder
 
 from edgetpu_retrain import cli
 from edgetpu_retrain.model import config, optim, step, train
@@ -167,7 +167,7 @@ def test_make_demo_config_trains_from_bundled_weights(tmp_path):
     import json
     import subprocess
 
-    from conftest import REPO
+    from testdata import REPO
 
     from edgetpu_retrain.model.pretrained import weights_note
 

@@ -17,7 +17,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
-from conftest import REPO, copy_labelimg_folder  # noqa: E402
+from testdata import REPO, copy_labelimg_folder  # noqa: E402
 
 from edgetpu_retrain import cli  # noqa: E402
 from edgetpu_retrain.model import (

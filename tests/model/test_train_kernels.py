@@ -12,7 +12,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 import keras
-from conftest import REPO
+from testdata import REPO
 
 from edgetpu_retrain.model import config, train_kernels
 from edgetpu_retrain.model import detector as model

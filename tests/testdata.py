@@ -1,0 +1,43 @@
+"""Paths and helpers the tests (and benchmarks) import by name.
+
+They live here, not in conftest.py: pytest imports every conftest.py as the module `conftest`, so with
+a second conftest (tests/live/) `from conftest import ...` would find whichever was imported last.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+SHARED_DATASETS = Path(os.environ.get("EDGETPU_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
+SHARED_EDGETPU = SHARED_DATASETS.parent / "edgetpu"
+
+
+def require_shared(path: Path, what: str) -> Path:
+    """`path` if it exists; else skip (fail under CI=true) naming what is missing."""
+    if path.exists():
+        return path
+    message = f"{path} missing: {what} (EDGETPU_SHARED_DATASETS names the shared datasets folder)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def copy_labelimg_folder(src: Path, dst: Path, *, names: list[str] | None = None) -> Path:
+    """Copy a dataset (images/ + annotations/) into LabelImg's layout (XML beside each image) under `dst`."""
+    dst.mkdir(parents=True, exist_ok=True)
+    images = sorted((src / "images").iterdir())
+    if names is not None:
+        wanted = set(names)
+        images = [p for p in images if p.stem in wanted]
+    for image in images:
+        shutil.copy2(image, dst / image.name)
+        xml = src / "annotations" / f"{image.stem}.xml"
+        if xml.exists():
+            shutil.copy2(xml, dst / xml.name)
+    return dst

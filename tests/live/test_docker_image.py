@@ -17,7 +17,9 @@ print(json.dumps({
     "interfaces": [name for _, name in socket.if_nameindex()], "uid": os.getuid(), "gid": os.getgid(),
     "home_writable": os.access(os.environ["HOME"], os.W_OK),
     "versions": {name: md.version(name) for name in ("tensorflow-cpu", "keras", "numpy")},
-    "package_data": sorted(p.name for p in res.files("edgetpu_retrain.model").joinpath("configs").iterdir()),
+    "package_data": sorted(p.name for sub in ("configs", "pretrained_weights")
+                           for p in res.files("edgetpu_retrain.model").joinpath(sub).iterdir()
+                           if p.is_file()),
 }))
 """
 
@@ -35,4 +37,8 @@ def test_step_container_user_network_and_pins(docker_engine: Engine, trainer_ima
         if line.startswith(("tensorflow-cpu==", "keras==", "numpy=="))
     )
     assert probe["versions"] == pins
-    assert probe["package_data"]  # the package's data files are in the wheel (pyproject package-data)
+    model = REPO / "include" / "edgetpu_retrain" / "model"
+    shipped = sorted(
+        p.name for sub in ("configs", "pretrained_weights") for p in (model / sub).iterdir() if p.is_file()
+    )
+    assert probe["package_data"] == shipped  # templates + bundled weights are in the wheel (package-data)

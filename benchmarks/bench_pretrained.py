@@ -75,7 +75,7 @@ def training_mode(name: str) -> None:
         pc.assign_weights(mn, pairs, mn.path)  # (again: training-mode calls move the moving averages)
         if label == "measured":
             pc.set_batchnorm_statistics(
-                backbone, pairs, mn, pc.stats_views(pc.load_photos(photos[:4], mn.input_size))
+                backbone, pairs, mn, images=pc.stats_views(pc.load_photos(photos[:4], mn.input_size))
             )
         inf, train = probe(batch, training=False), probe(batch, training=True)
         result = pc.agreement(mn, reference, pc.keras_outputs(mn, backbone, held, training=True))

@@ -91,7 +91,7 @@ def test_filename_ok_and_missing():
 
 def test_rounding_is_half_to_even_and_reported():
     boxes, issues = check_objects(
-        objs(("RBC", "10.5", "11.5", "100.4", "200.6"), ("RBC", 1, 2, 30, 40)), 640, 480, LABELS
+        objs(("RBC", "10.5", "11.5", "100.4", "200.6"), ("RBC", 1, 2, 30, 40)), 640, 480, label_ids=LABELS
     )
     assert [(b.xmin, b.ymin, b.xmax, b.ymax) for b in boxes] == [(10, 12, 100, 201), (1, 2, 30, 40)]
     assert codes(issues) == [("float_coordinates", 0)] and issues[0].severity == "info"
@@ -107,7 +107,7 @@ def test_edges_clipping_and_outside():
         ),
         640,
         480,
-        LABELS,
+        label_ids=LABELS,
     )
     assert [(b.index, b.xmin, b.ymin, b.xmax, b.ymax) for b in boxes] == [
         (0, 540, 380, 640, 480),
@@ -132,7 +132,7 @@ def test_bad_boxes_are_dropped_not_the_image():
         ),
         640,
         480,
-        LABELS,
+        label_ids=LABELS,
     )
     assert [b.index for b in boxes] == [7]
     assert codes(issues) == [
@@ -155,7 +155,7 @@ def test_near_duplicates_warn_and_keep_both():
         objs(("RBC", 100, 100, 200, 200), ("RBC", 101, 102, 201, 200), ("WBC", 100, 100, 200, 200)),
         640,
         480,
-        LABELS,
+        label_ids=LABELS,
     )
     assert len(boxes) == 3
     assert codes(issues) == [("near_duplicate_boxes", 1)] and issues[0].severity == "warning"

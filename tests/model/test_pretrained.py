@@ -102,7 +102,7 @@ def test_measured_batchnorm_survives_training_mode_on_unseen_photos(name):
     identity = cosine()
     pc.assign_weights(mn, pairs, mn.path)  # training-mode calls moved the moving averages: back to identity
     pc.set_batchnorm_statistics(
-        backbone, pairs, mn, pc.stats_views(pc.load_photos(photos[:4], mn.input_size))
+        backbone, pairs, mn, images=pc.stats_views(pc.load_photos(photos[:4], mn.input_size))
     )
     np.testing.assert_allclose(
         np.asarray(probe(batch, training=False)), inference, atol=1e-3 * np.abs(inference).max()

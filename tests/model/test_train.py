@@ -113,7 +113,9 @@ def test_augment_on_real_images_keeps_boxes_consistent(cfg):
         image, bx, lab = inputs.parse_record(serialized)
         assert image.dtype == tf.uint8 and bx.shape[0] == lab.shape[0] > 0
         for k in range(3):
-            out, b2, l2 = augment.augment(image, bx, lab, tf.constant([k, i], tf.int64), aug, 96)
+            out, b2, l2 = augment.augment(
+                image, bx, lab, seed=tf.constant([k, i], tf.int64), aug=aug, size=96
+            )
             assert (
                 out.shape == (96, 96, 3)
                 and float(tf.reduce_min(out)) >= 0
@@ -125,8 +127,8 @@ def test_augment_on_real_images_keeps_boxes_consistent(cfg):
             assert set(l2[kept]) <= set(lab.numpy())
             assert np.all(b2[kept, 2] > b2[kept, 0]) and np.all(b2[kept, 3] > b2[kept, 1])
         # same seed -> same result (stateless)
-        a1 = augment.augment(image, bx, lab, tf.constant([7, i], tf.int64), aug, 96)
-        a2 = augment.augment(image, bx, lab, tf.constant([7, i], tf.int64), aug, 96)
+        a1 = augment.augment(image, bx, lab, seed=tf.constant([7, i], tf.int64), aug=aug, size=96)
+        a2 = augment.augment(image, bx, lab, seed=tf.constant([7, i], tf.int64), aug=aug, size=96)
         np.testing.assert_array_equal(a1[0].numpy(), a2[0].numpy())
 
 
@@ -170,7 +172,10 @@ def test_loss_finite_and_decreases_on_one_batch(cfg):
         )
         with tf.GradientTape() as tape:
             parts = losses.detection_loss(
-                hcfg, *det(images, training=False), labels["box_targets"], labels["cls_targets"]
+                hcfg,
+                *det(images, training=False),
+                box_targets=labels["box_targets"],
+                cls_targets=labels["cls_targets"],
             )
         grads = tape.gradient(parts["total"], variables)
         assert np.isfinite(parts["total"].numpy()) and parts["class"].numpy() > 0
@@ -180,7 +185,10 @@ def test_loss_finite_and_decreases_on_one_batch(cfg):
     def step():
         with tf.GradientTape() as tape:
             parts = losses.detection_loss(
-                cfg, *det(images, training=True), labels["box_targets"], labels["cls_targets"]
+                cfg,
+                *det(images, training=True),
+                box_targets=labels["box_targets"],
+                cls_targets=labels["cls_targets"],
             )
         opt.apply_gradients(zip(tape.gradient(parts["total"], variables), variables, strict=False))
         return parts

@@ -132,6 +132,7 @@ def coco_eval(
     ground_truth: list[dict[str, Any]],
     detections: list[dict[str, Any]],
     classes: list[tuple[int, str]],
+    *,
     curves: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """COCOeval (bbox) on plain inputs.
@@ -171,8 +172,7 @@ def coco_eval(
         per_class[name]["ap50"] = _mean_precision(precision[0, :, k, 0, -1])
         if curves is not None:
             curves[name] = [_round(float(v)) for v in precision[0, :, k, 0, -1]]
-    out["map"] = _round(max(float(ev.stats[0]), 0.0))
-    out["map50"] = _round(max(float(ev.stats[1]), 0.0))
+    out["map"], out["map50"] = (_round(max(float(s), 0.0)) for s in ev.stats[:2])
     return out
 
 
@@ -300,9 +300,9 @@ def evaluate_model(
         path, examples, score_threshold=score_threshold, num_threads=num_threads
     )
     curves: dict[str, Any] = {}
-    metrics = coco_eval(examples, outputs, classes, curves)
+    metrics = coco_eval(examples, outputs, classes, curves=curves)
     if details is not None:
-        details.update(eval_details(examples, outputs, classes, curves))
+        details.update(eval_details(examples, outputs, classes, curves=curves))
     info = det.describe()
     log.info(
         "%s: mAP %.4f, mAP50 %.4f on %d images, %.1f ms/image",
@@ -327,6 +327,7 @@ def eval_details(
     examples: list[dict[str, Any]],
     outputs: list[dict[str, Any]],
     classes: list[tuple[int, str]],
+    *,
     curves: dict[str, Any],
 ) -> dict[str, Any]:
     """The run report's drawing material: PR curves and per-image ground truth + detections (rounded)."""

@@ -3,7 +3,7 @@
 Boxes are normalized (ymin, xmin, ymax, xmax) with a parallel `labels` vector in which 0 marks a
 padding / dropped box, so shapes stay fixed. Every function keeps boxes inside [0, 1].
 
-`augment(image, boxes, labels, seed, aug, size)` = random crop (pixel-aligned, boxes clipped to the
+`augment(image, boxes, labels, *, seed, aug, size)` = random crop (pixel-aligned, boxes clipped to the
 crop, boxes with less than `min_visible` of their area inside dropped) -> resize to size x size ->
 random horizontal flip -> colour jitter (brightness, contrast, saturation, hue). `resize_only` is the
 same path without randomness (what evaluation/export see: a plain bilinear resize of the full image).
@@ -108,7 +108,7 @@ def resize_only(image: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor, *, size: 
     return resize(image, size), tf.clip_by_value(boxes, 0.0, 1.0), labels
 
 
-def augment(image: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, aug: Any, size: int):
+def augment(image: tf.Tensor, boxes: tf.Tensor, labels: tf.Tensor, *, seed: tf.Tensor, aug: Any, size: int):
     """(uint8/float image [H,W,3], boxes [M,4], labels [M]) -> (float32 [size,size,3] 0..255, boxes,
     labels)."""
     boxes = tf.clip_by_value(tf.cast(boxes, tf.float32), 0.0, 1.0)

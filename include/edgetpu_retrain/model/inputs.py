@@ -51,7 +51,9 @@ def preprocess(
     size = cfg.model.input_size
     label = tf.where((label >= 1) & (label <= cfg.model.num_classes), label, 0)
     if training:
-        image, box, label = augment.augment(image, box, label, seed, cfg.train.augmentation, size)
+        image, box, label = augment.augment(
+            image, box, label, seed=seed, aug=cfg.train.augmentation, size=size
+        )
     else:
         image, box, label = augment.resize_only(image, box, label, size=size)
     box, label = pad_boxes(box, label, cfg.train.max_boxes)

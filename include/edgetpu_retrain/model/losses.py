@@ -65,7 +65,7 @@ def hard_negative_mask(
 
 
 def detection_loss(
-    cfg: Config, box_pred: tf.Tensor, logits: tf.Tensor, box_targets: tf.Tensor, cls_targets: tf.Tensor
+    cfg: Config, box_pred: tf.Tensor, logits: tf.Tensor, *, box_targets: tf.Tensor, cls_targets: tf.Tensor
 ) -> dict[str, tf.Tensor]:
     """{'total', 'box', 'class', 'num_pos'} scalars for one (replica) batch."""
     t = cfg.train

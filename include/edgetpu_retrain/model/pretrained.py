@@ -75,7 +75,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "edgetpu-retrain" / "weights")
 
 
-def _check_request(found: dict[str, Any], where: str, base: str | None, alpha: float | None) -> None:
+def _check_request(found: dict[str, Any], where: str, *, base: str | None, alpha: float | None) -> None:
     what = f"MobileNet V{found['version']} alpha {found['alpha']:g}"
     if base is not None and base_name(base) != found["base"]:
         raise UserError(
@@ -107,7 +107,9 @@ def import_weights(
             f"--out {out}: the name must end in .weights.h5 (Keras loads weights files by suffix)"
         )
     mn = read_mobilenet(tflite)
-    _check_request({"base": mn.base, "version": mn.version, "alpha": mn.alpha}, mn.path, base, alpha)
+    _check_request(
+        {"base": mn.base, "version": mn.version, "alpha": mn.alpha}, mn.path, base=base, alpha=alpha
+    )
     backbone, summary = pretrained_convert.convert_file(mn)
     pretrained_convert.save_weights(backbone, out)
     summary.update(
@@ -134,7 +136,7 @@ def cached_weights(
     target, meta = folder / f"{stem}.weights.h5", folder / f"{stem}.json"
     if target.is_file() and meta.is_file():
         summary = read_json(meta)
-        _check_request(summary, str(tflite), base, alpha)
+        _check_request(summary, str(tflite), base=base, alpha=alpha)
         return {**summary, "weights": str(target), "cached": True}
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -129,7 +129,7 @@ def assign_weights(mn: MobileNetFile, pairs: list[tuple[Any, Any]], where: str) 
 
 
 def set_batchnorm_statistics(
-    backbone, pairs: list[tuple[Any, Any]], mn: MobileNetFile, images: np.ndarray
+    backbone, pairs: list[tuple[Any, Any]], mn: MobileNetFile, *, images: np.ndarray
 ) -> None:
     """Measure every conv's output mean/variance on `images`; re-solve gamma/beta (module docstring).
 
@@ -237,7 +237,7 @@ def convert_file(
     backbone = keras_backbone(mn.version, mn.alpha, mn.input_size)
     pairs = conv_bn_pairs(backbone)
     assign_weights(mn, pairs, mn.path)
-    set_batchnorm_statistics(backbone, pairs, mn, stats)
+    set_batchnorm_statistics(backbone, pairs, mn, images=stats)
     reference = tflite_outputs(mn, checks)
     inference = agreement(mn, reference, keras_outputs(mn, backbone, checks))
     if not _good(inference):

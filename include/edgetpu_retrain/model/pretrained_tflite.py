@@ -89,7 +89,7 @@ def _dequantize(data: bytes, info: TensorInfo, where: str) -> np.ndarray:
     return (scale * (values - zero)).astype(np.float32)
 
 
-def _conv(model: TFLiteModel, buf: bytes, op_index: int, where: str) -> Conv:
+def _conv(model: TFLiteModel, buf: bytes, op_index: int, *, where: str) -> Conv:
     op = model.ops[op_index]
     arrays = []
     for index in op.inputs[1:3]:
@@ -159,7 +159,7 @@ def read_mobilenet(path: str | os.PathLike[str]) -> MobileNetFile:
         raise UserError(
             f"{where}: input is {[t.shape for t in inputs]}, not one square RGB image; expected {WHAT}"
         )
-    convs = [_conv(model, buf, i, where) for i in indices]
+    convs = [_conv(model, buf, i, where=where) for i in indices]
     logits = convs.pop() if kind == "classifier" else None
     scale = inputs[0].scale[0] if inputs[0].scale else 1 / 127.5
     zero = float(inputs[0].zero_point[0]) if inputs[0].zero_point else 0.0

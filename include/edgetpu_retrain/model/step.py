@@ -102,7 +102,7 @@ def make_train_step(
     def compute(images, box_t, cls_t):
         with tf.GradientTape() as tape:
             box_p, logits = model(images, training=True)
-            parts = losses.detection_loss(cfg, box_p, logits, box_t, cls_t)
+            parts = losses.detection_loss(cfg, box_p, logits, box_targets=box_t, cls_targets=cls_t)
             scaled = parts["total"] / replicas
         return parts, tape.gradient(scaled, variables)
 

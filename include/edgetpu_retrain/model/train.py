@@ -119,7 +119,7 @@ def _check_inputs(cfg: Config, total: int, config_path: Path) -> None:
             )
 
 
-def _build_run(cfg: Config, out: Path, config_path: Path, total: int) -> Run:
+def _build_run(cfg: Config, out: Path, *, config_path: Path, total: int) -> Run:
     """Model, optimizers and step counter under the device strategy, and their checkpoint manager."""
     import tensorflow as tf
 
@@ -193,7 +193,7 @@ def _check_finite(cfg: Config, step: int, values: dict[str, float]) -> None:
         )
 
 
-def _log_start(run: Run, n_anchors: int, start: int, total: int) -> None:
+def _log_start(run: Run, *, n_anchors: int, start: int, total: int) -> None:
     m, t = run.cfg.model, run.cfg.train
     log.info(
         "training %s (%s head, %dx%d, %d anchors) steps %d -> %d, batch %d on %d replica(s), jit=%s, "
@@ -234,7 +234,7 @@ def _run_steps(
         run.cfg, run.groups, model=run.model, strategy=run.strategy, step_var=run.step_var
     )
     progress = Progress(run.cfg, run.out, start=start)
-    _log_start(run, len(boxes), start, total)
+    _log_start(run, n_anchors=len(boxes), start=start, total=total)
     values: dict[str, float] = {}
     parts: dict[str, Any] = {}
     saved_at, started = -1, time.perf_counter()
@@ -283,7 +283,7 @@ def train(
     _check_inputs(cfg, total, Path(config_path))
     out = _prepare_out(Path(out).resolve(), resume=resume)
     keras.utils.set_random_seed(cfg.train.seed)
-    run = _build_run(cfg, out, Path(config_path), total)
+    run = _build_run(cfg, out, config_path=Path(config_path), total=total)
     start = int(run.step_var.numpy())
     if start >= total:
         return _already_done(run, start, total)

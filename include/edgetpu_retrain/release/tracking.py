@@ -116,7 +116,7 @@ def client(uri: str):
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def find_run(mlf: Any, artifact_location: str | None, run_tag: str, run_name: str) -> str:
+def find_run(mlf: Any, *, artifact_location: str | None, run_tag: str, run_name: str) -> str:
     """The MLflow run id tagged with this Airflow run id, created (with its experiment) if needed."""
     exp = mlf.get_experiment_by_name(EXPERIMENT)
     exp_id = (
@@ -140,7 +140,16 @@ def open_run(uri: str | None, run_dir: Path, run_id: str | None) -> tuple[Any, s
     if where is None:
         return None
     mlf = client(where[0])
-    return mlf, find_run(mlf, where[1], airflow_run_id(run_id, run_dir), Path(run_dir).name), where[0]
+    return (
+        mlf,
+        find_run(
+            mlf,
+            artifact_location=where[1],
+            run_tag=airflow_run_id(run_id, run_dir),
+            run_name=Path(run_dir).name,
+        ),
+        where[0],
+    )
 
 
 # ---------------------------------------------------------------------------------------- helpers

@@ -97,7 +97,9 @@ def _connect_error(exc: OSError, *, host: str, port: int, options: FetchOptions)
     return FetchError(f"cannot connect to {where} ({exc.strerror or exc})", retryable=True)
 
 
-def _open_connection(scheme: str, host: str, port: int, options: FetchOptions) -> http.client.HTTPConnection:
+def _open_connection(
+    scheme: str, host: str, port: int, *, options: FetchOptions
+) -> http.client.HTTPConnection:
     """Connect (TCP + TLS) under the connect timeout, then switch the socket to the read timeout."""
     if scheme == "https":
         conn: http.client.HTTPConnection = http.client.HTTPSConnection(
@@ -181,7 +183,7 @@ def _get_hop(url: str, *, options: FetchOptions) -> tuple[bytes | None, str]:
     """One request: (body, url) on 200, (None, next url) on a redirect; FetchError otherwise."""
     check_scheme(url)
     scheme, host, port, target = request_target(url)
-    conn = _open_connection(scheme, host, port, options)
+    conn = _open_connection(scheme, host, port, options=options)
     try:
         conn.putrequest("GET", target, skip_accept_encoding=True)
         for name, value in _HEADERS:

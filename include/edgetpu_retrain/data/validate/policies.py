@@ -163,7 +163,7 @@ def apply_box_policy(entries: list[Entry], label_ids: dict[str, int], *, keep_em
         if e.rejected or e.info is None:
             continue
         objects = e.ann.objects if e.ann is not None else ()
-        e.boxes, box_issues = check_objects(objects, e.info.width, e.info.height, label_ids)
+        e.boxes, box_issues = check_objects(objects, e.info.width, e.info.height, label_ids=label_ids)
         e.issues.extend(box_issues)
         issue = _empty_issue(e, objects=len(objects), keep_empty=keep_empty)
         if issue is not None:

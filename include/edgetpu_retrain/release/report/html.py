@@ -243,7 +243,9 @@ def samples_section(steps: dict[str, Any], run_dir: Path) -> str:
         if image["filename"] in encoded:
             figures.append(
                 img(
-                    plots.sample_image(_pixels(encoded[image["filename"]]), image, names, rd.SCORE_THRESHOLD),
+                    plots.sample_image(
+                        _pixels(encoded[image["filename"]]), image, names, threshold=rd.SCORE_THRESHOLD
+                    ),
                     image["filename"],
                 )
             )

@@ -200,7 +200,7 @@ def confusion_matrix(rows: list[str], cols: list[str], matrix: list[list[int]]) 
     return to_png(fig)
 
 
-def sample_image(pixels: Any, image: dict[str, Any], names: dict[int, str], threshold: float) -> str:
+def sample_image(pixels: Any, image: dict[str, Any], names: dict[int, str], *, threshold: float) -> str:
     """One test image: ground truth solid green with its class, int8 detections dashed with class + score."""
     from matplotlib.patches import Rectangle
 

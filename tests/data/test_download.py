@@ -39,8 +39,10 @@ from edgetpu_retrain.data.download.report import REPORT_NAME, load_previous_repo
 
 TRAVERSAL = "/..%2F..%2Fetc%2Fpasswd.jpg"
 MAX_BYTES = 100_000
+# read_timeout: generous enough that no route meant to answer times out on a loaded machine (a late
+# reply would add a retry and change the attempt counts); /slow.jpg stalls far beyond it.
 FAST = FetchOptions(
-    connect_timeout=2.0, read_timeout=0.5, max_bytes=MAX_BYTES, retries=2, backoff=0.01, max_redirects=3
+    connect_timeout=2.0, read_timeout=2.0, max_bytes=MAX_BYTES, retries=2, backoff=0.01, max_redirects=3
 )
 
 
@@ -105,7 +107,7 @@ def _build_routes(images: dict[str, bytes], stop: threading.Event) -> dict[str, 
         h.send_header("Content-Length", str(len(images["good"])))
         h.end_headers()
         h.wfile.flush()
-        stop.wait(5)  # far beyond the client's read timeout; teardown releases it at once
+        stop.wait(60)  # far beyond the client's read timeout; teardown releases it at once
         h.wfile.write(images["good"])
 
     def big_declared(h: BaseHTTPRequestHandler, _n: int) -> None:
@@ -524,7 +526,7 @@ def test_cli_prints_json_last_line(site: Site, tmp_path: Path, capsys: pytest.Ca
         "--timeout-connect",
         "2",
         "--timeout-read",
-        "0.5",
+        "2",
         "--max-bytes",
         "100k",
         "--retries",

@@ -99,9 +99,9 @@ def _model_params() -> dict[str, Param]:
             None,
             type=["null", "string"],
             title="Backbone weights",
-            description="A local .h5/.keras backbone weights file (inside the data root), 'imagenet' "
-            "(downloaded by the trainer), or 'none' (random init). Empty: the base model's default "
-            "(bundled ImageNet weights).",
+            description="Empty: the base model's default (bundled ImageNet weights). Or a local MobileNet "
+            ".tflite or .h5/.keras backbone weights file (inside the data root), 'imagenet' (Keras "
+            "download by the trainer), or 'none' (random init).",
         ),
         "config_overrides": Param(
             {},

@@ -147,6 +147,16 @@ def require_dir(path: str | os.PathLike[str], *, what: str) -> Path:
     return path
 
 
+def make_dir(path: str | os.PathLike[str], *, what: str, fix: str) -> Path:
+    """Create the folder (and its parents) or fail with a message naming it, the OS reason and the fix."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot create {what} ({exc.strerror or exc}); {fix}") from exc
+    return path
+
+
 def require_file(path: str | os.PathLike[str], *, what: str) -> Path:
     path = Path(path)
     if not path.is_file():

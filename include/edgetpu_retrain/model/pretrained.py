@@ -25,7 +25,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from edgetpu_retrain.common import UserError, log, read_json, sha256_file, write_json
+from edgetpu_retrain.common import UserError, log, make_dir, read_json, sha256_file, write_json
 
 BUNDLED = "bundled"
 CONVERTER_VERSION = 1  # bump when the conversion changes: cached files of older versions are ignored
@@ -138,12 +138,7 @@ def cached_weights(
         summary = read_json(meta)
         _check_request(summary, str(tflite), base=base, alpha=alpha)
         return {**summary, "weights": str(target), "cached": True}
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(
-            f"{folder}: cannot create the weights cache ({exc}); set ${CACHE_ENV} to a writable folder"
-        ) from exc
+    make_dir(folder, what="the weights cache", fix=f"set ${CACHE_ENV} to a writable folder")
     summary = import_weights(tflite, target, base=base, alpha=alpha)
     write_json(meta, summary)  # after the weights: a reader that finds both finds complete files
     return {**summary, "cached": False}

@@ -171,12 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def _make_out_dir(out_dir: Path) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: --out exists and is not a folder; choose another path")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(
-            f"{out_dir}: cannot create the --out folder ({exc.strerror}); check the path and its permissions"
-        ) from exc
+    common.make_dir(out_dir, what="the --out folder", fix="check the path and its permissions")
 
 
 def _process_all(

@@ -25,34 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "include"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from edgetpu_retrain import cli  # noqa: E402
 from edgetpu_retrain.model import config  # noqa: E402
 
 
 def build_dataset(name: str, work: Path, limit: int | None) -> Path:
-    from testdata import SHARED_DATASETS, copy_labelimg_folder
+    from testdata import SHARED_DATASETS, copy_labelimg_folder, train_only_snapshot
 
     src = SHARED_DATASETS / name
     names = sorted(p.stem for p in (src / "images").iterdir())
     images = copy_labelimg_folder(src, work / "labelimg", names=names[:limit] if limit else names)
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the benchmark's own lines
-        assert cli.main(["validate", "--images", str(images), "--out", str(work / "validated")]) == 0
-        assert (
-            cli.main(
-                [
-                    "build-dataset",
-                    "--validated",
-                    str(work / "validated"),
-                    "--out",
-                    str(work / "ds"),
-                    "--split",
-                    "1,0,0",
-                    "--workers",
-                    "1",
-                ]
-            )
-            == 0
-        )
+        train_only_snapshot(images, work)
     return work / "ds"
 
 

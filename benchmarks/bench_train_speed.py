@@ -37,7 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "include"))
 sys.path.insert(0, str(REPO / "tests"))
 
-from edgetpu_retrain import cli  # noqa: E402
 from edgetpu_retrain.model import config  # noqa: E402
 
 TEMPLATE_SIZES = {"mobilenet_v2_ssd": 320, "mobilenet_v1_ssd": 300}
@@ -52,27 +51,11 @@ VARIANTS = {  # name -> config overrides
 
 def build_dataset(name: str, work: Path) -> Path:
     """A train-only snapshot of a shared LabelImg dataset, made with the real verbs."""
-    from testdata import SHARED_DATASETS, copy_labelimg_folder
+    from testdata import SHARED_DATASETS, copy_labelimg_folder, train_only_snapshot
 
     images = copy_labelimg_folder(SHARED_DATASETS / name, work / "labelimg")
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the benchmark's own lines
-        assert cli.main(["validate", "--images", str(images), "--out", str(work / "validated")]) == 0
-        assert (
-            cli.main(
-                [
-                    "build-dataset",
-                    "--validated",
-                    str(work / "validated"),
-                    "--out",
-                    str(work / "ds"),
-                    "--split",
-                    "1,0,0",
-                    "--workers",
-                    "1",
-                ]
-            )
-            == 0
-        )
+        train_only_snapshot(images, work)
     return work / "ds"
 
 

@@ -16,6 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures"
 SHARED_DATASETS = Path(os.environ.get("EDGETPU_SHARED_DATASETS", REPO.parent / "shared" / "datasets"))
 SHARED_EDGETPU = SHARED_DATASETS.parent / "edgetpu"
+# A 6-step run on a tiny input: fast enough for a whole-DAG test, not meant to be accurate.
+TINY_RUN_OVERRIDES = {
+    "model.input_size": 96,
+    "model.backbone_weights": None,
+    "train.steps": 6,
+    "train.batch_size": 4,
+    "train.warmup_steps": 1,
+}
 
 
 def require_shared(path: Path, what: str) -> Path:
@@ -41,3 +49,16 @@ def copy_labelimg_folder(src: Path, dst: Path, *, names: list[str] | None = None
         if xml.exists():
             shutil.copy2(xml, dst / xml.name)
     return dst
+
+
+def train_only_snapshot(images: Path, work: Path, *, shards: int | None = None) -> Path:
+    """`validate` + `build-dataset` (everything in train, one worker) with the real verbs -> work/ds."""
+    from edgetpu_retrain import cli
+
+    assert cli.main(["validate", "--images", str(images), "--out", str(work / "validated")]) == 0
+    argv = ["build-dataset", "--validated", str(work / "validated"), "--out", str(work / "ds")]
+    argv += ["--split", "1,0,0", "--workers", "1"]
+    if shards is not None:
+        argv += ["--shards", str(shards)]
+    assert cli.main(argv) == 0
+    return work / "ds"

@@ -12,6 +12,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
+from testdata import train_only_snapshot
 
 from edgetpu_retrain import cli
 from edgetpu_retrain.common import UserError
@@ -231,26 +232,7 @@ def test_no_bundled_weights_for_alpha_warns_and_names_the_fix(caplog):
 def demo_dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     assert cli.main(["demo-data", "--out", str(root / "images"), "--images", "6", "--size", "320"]) == 0
-    assert cli.main(["validate", "--images", str(root / "images"), "--out", str(root / "validated")]) == 0
-    assert (
-        cli.main(
-            [
-                "build-dataset",
-                "--validated",
-                str(root / "validated"),
-                "--out",
-                str(root / "ds"),
-                "--split",
-                "1,0,0",
-                "--shards",
-                "1",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
-    return root / "ds"
+    return train_only_snapshot(root / "images", root, shards=1)
 
 
 def test_render_config_reports_missing_bundled_weights(demo_dataset, tmp_path, capsys, caplog):

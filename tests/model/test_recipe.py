@@ -13,7 +13,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
-from testdata import copy_labelimg_folder
+from testdata import copy_labelimg_folder, train_only_snapshot
 
 from edgetpu_retrain import cli
 from edgetpu_retrain.model import config, optim, step, train
@@ -41,24 +41,7 @@ def dataset_dir(tmp_path_factory, bccd_dir) -> Path:
     root = tmp_path_factory.mktemp("recipe")
     names = sorted(p.stem for p in (bccd_dir / "images").iterdir())[:8]
     images = copy_labelimg_folder(bccd_dir, root / "labelimg", names=names)
-    assert cli.main(["validate", "--images", str(images), "--out", str(root / "validated")]) == 0
-    assert (
-        cli.main(
-            [
-                "build-dataset",
-                "--validated",
-                str(root / "validated"),
-                "--out",
-                str(root / "ds"),
-                "--split",
-                "1,0,0",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
-    return root / "ds"
+    return train_only_snapshot(images, root)
 
 
 def _cfg(dataset_dir: Path, *sets: str):

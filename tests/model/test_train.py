@@ -17,9 +17,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
-from testdata import REPO, copy_labelimg_folder  # noqa: E402
+from testdata import REPO, copy_labelimg_folder, train_only_snapshot  # noqa: E402
 
-from edgetpu_retrain import cli  # noqa: E402
 from edgetpu_retrain.model import (
     augment,  # noqa: E402
     boxes,  # noqa: E402
@@ -53,26 +52,7 @@ def dataset_dir(tmp_path_factory, microcontroller_dir) -> Path:
     root = tmp_path_factory.mktemp("train")
     names = sorted(p.stem for p in (microcontroller_dir / "images").iterdir())[:8]
     images = copy_labelimg_folder(microcontroller_dir, root / "labelimg", names=names)
-    assert cli.main(["validate", "--images", str(images), "--out", str(root / "validated")]) == 0
-    assert (
-        cli.main(
-            [
-                "build-dataset",
-                "--validated",
-                str(root / "validated"),
-                "--out",
-                str(root / "ds"),
-                "--split",
-                "1,0,0",
-                "--shards",
-                "2",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
-    return root / "ds"
+    return train_only_snapshot(images, root, shards=2)
 
 
 @pytest.fixture(scope="module")

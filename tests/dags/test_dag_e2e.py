@@ -27,7 +27,7 @@ use_private_airflow_home()  # before anything imports Airflow
 
 import pytest  # noqa: E402
 from dag_tasks import TASKS  # noqa: E402
-from testdata import copy_labelimg_folder  # noqa: E402  (tests/conftest.py)
+from testdata import TINY_RUN_OVERRIDES, copy_labelimg_folder  # noqa: E402  (tests/conftest.py)
 
 DAG_ID = "edgetpu_retrain"
 FULL_RUN_TASKS = TASKS
@@ -164,13 +164,7 @@ def test_whole_pipeline_on_a_small_real_dataset(local_dag, microcontroller_dir, 
             "dataset_name": "boards",
             "split": "0.5,0.25,0.25",
             "min_map50": 0.0,  # 6 training steps: promote (and emit the model Asset) whatever the score
-            "config_overrides": {
-                "model.input_size": 96,
-                "model.backbone_weights": None,
-                "train.steps": 6,
-                "train.batch_size": 4,
-                "train.warmup_steps": 1,
-            },
+            "config_overrides": TINY_RUN_OVERRIDES,
         }
     )
     elapsed = time.monotonic() - started

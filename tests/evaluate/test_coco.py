@@ -91,6 +91,11 @@ class _Oracle(Detector):
         )
 
 
+def _evaluate_cli(snapshot, out, *flags: str) -> dict:
+    """`evaluate` on the snapshot's test split, writing `out`; its JSON line."""
+    return _cli_json(["evaluate", "--dataset", str(snapshot), "--split", "test", "--out", str(out), *flags])
+
+
 def test_evaluate_cli_oracle_gives_map_1(micro_snapshot, tmp_path, monkeypatch):
     examples, _ = evaluate.load_split(micro_snapshot, "test")
     answers = {
@@ -99,19 +104,7 @@ def test_evaluate_cli_oracle_gives_map_1(micro_snapshot, tmp_path, monkeypatch):
     }
     monkeypatch.setattr(detector_runtime, "open_detector", lambda path, num_threads=None: _Oracle(answers))
     out = tmp_path / "eval.json"
-    line = _cli_json(
-        [
-            "evaluate",
-            "--dataset",
-            str(micro_snapshot),
-            "--split",
-            "test",
-            "--model",
-            "whatever",
-            "--out",
-            str(out),
-        ]
-    )
+    line = _evaluate_cli(micro_snapshot, out, "--model", "whatever")
     assert line["map"] == 1.0 and line["map50"] == 1.0 and line["images"] == 4
     assert json.loads(out.read_text()) == line
     details = json.loads((tmp_path / "eval.details.json").read_text())  # what the run report draws
@@ -129,22 +122,15 @@ def test_evaluate_cli_oracle_gives_map_1(micro_snapshot, tmp_path, monkeypatch):
 
 def test_evaluate_cli_int8_vs_saved_model(tiny_run, tiny_tflite, micro_snapshot, tmp_path):
     out = tmp_path / "eval.json"
-    line = _cli_json(
-        [
-            "evaluate",
-            "--dataset",
-            str(micro_snapshot),
-            "--split",
-            "test",
-            "--model",
-            tiny_tflite["int8"],
-            "--compare",
-            str(tiny_run["saved_model"]),
-            "--out",
-            str(out),
-            "--score-threshold",
-            "0.0",
-        ]
+    line = _evaluate_cli(
+        micro_snapshot,
+        out,
+        "--model",
+        tiny_tflite["int8"],
+        "--compare",
+        str(tiny_run["saved_model"]),
+        "--score-threshold",
+        "0.0",
     )
     assert json.loads(out.read_text()) == line
     assert line["model_kind"] == "tflite_int8" and line["compare"]["model_kind"] == "saved_model"

@@ -18,19 +18,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from testdata import TINY_RUN_OVERRIDES
 
 DAG_ID, DEPLOY_ID = "edgetpu_retrain", "deploy_model"
 TINY_CONF = {
     "dataset_name": "shapes",
     "split": "0.5,0.25,0.25",
     "min_map50": 0.0,  # a 6-step model scores ~0: promote it anyway, so the model Asset and deploy run
-    "config_overrides": {
-        "model.input_size": 96,
-        "model.backbone_weights": None,
-        "train.steps": 6,
-        "train.batch_size": 4,
-        "train.warmup_steps": 1,
-    },
+    "config_overrides": TINY_RUN_OVERRIDES,
 }
 
 

@@ -238,41 +238,16 @@ def demo_dataset(tmp_path_factory):
 def test_render_config_reports_missing_bundled_weights(demo_dataset, tmp_path, capsys, caplog):
     out = tmp_path / "c.yaml"
     caplog.set_level("WARNING", logger="edgetpu_retrain")
-    assert (
-        cli.main(
-            [
-                "render-config",
-                "--dataset",
-                str(demo_dataset),
-                "--base-model",
-                "mobilenet_v2_ssd",
-                "--out",
-                str(out),
-                "--set",
-                "model.alpha=0.5",
-            ]
-        )
-        == 0
-    )
-    captured = capsys.readouterr()
-    result = json.loads(captured.out.strip().splitlines()[-1])
+
+    def render(base: str, *flags: str) -> dict:
+        argv = ["render-config", "--dataset", str(demo_dataset), "--base-model", base, "--out", str(out)]
+        assert cli.main([*argv, *flags]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    result = render("mobilenet_v2_ssd", "--set", "model.alpha=0.5")
     assert result["backbone_weights"] == "bundled" and "RANDOM init" in result["backbone_weights_warning"]
     assert any("RANDOM init" in r.getMessage() for r in caplog.records)
-    assert (
-        cli.main(
-            [
-                "render-config",
-                "--dataset",
-                str(demo_dataset),
-                "--base-model",
-                "mobilenet_v1_ssd",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["backbone_weights_warning"] is None
+    assert render("mobilenet_v1_ssd")["backbone_weights_warning"] is None
 
 
 @pytest.mark.slow

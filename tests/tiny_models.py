@@ -113,6 +113,36 @@ def make_config(dataset: Path, **post):
     return config_from_dict(raw)
 
 
+def model_only_config(
+    base: str = "mobilenet_v2_ssd",
+    *,
+    head: str = "ssdlite",
+    size: int = 96,
+    alpha: float = 0.35,
+    classes: int = 3,
+    **model_kw,
+):
+    """A Config to build a detector from (its data paths are placeholders, never read)."""
+    raw = {
+        "model": {
+            "base": base,
+            "head": head,
+            "input_size": size,
+            "alpha": alpha,
+            "num_classes": classes,
+            "backbone_weights": None,
+            **model_kw,
+        },
+        "data": {
+            "dataset_dir": "/d",
+            "label_map": "/d/label_map.pbtxt",
+            "classes": [f"c{i}" for i in range(classes)],
+            "tfrecords": {"train": ["/d/t.tfrecord"]},
+        },
+    }
+    return config_from_dict(raw)
+
+
 def make_deterministic_detector(cfg, images: list[np.ndarray]):
     """Random-init detector made useful for format/agreement tests.
 

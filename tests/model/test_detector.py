@@ -9,32 +9,14 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
+from tiny_models import model_only_config  # noqa: E402
+
 from edgetpu_retrain.common import UserError  # noqa: E402
 from edgetpu_retrain.model import anchors as anchor_lib  # noqa: E402
 from edgetpu_retrain.model import boxes  # noqa: E402
 from edgetpu_retrain.model import detector as model  # noqa: E402
-from edgetpu_retrain.model.config import config_from_dict  # noqa: E402
 
-
-def make_cfg(base="mobilenet_v2_ssd", head="ssdlite", size=96, alpha=0.35, classes=3, **model_kw):
-    raw = {
-        "model": {
-            "base": base,
-            "head": head,
-            "input_size": size,
-            "alpha": alpha,
-            "num_classes": classes,
-            "backbone_weights": None,
-            **model_kw,
-        },
-        "data": {
-            "dataset_dir": "/d",
-            "label_map": "/d/label_map.pbtxt",
-            "classes": [f"c{i}" for i in range(classes)],
-            "tfrecords": {"train": ["/d/t.tfrecord"]},
-        },
-    }
-    return config_from_dict(raw)
+make_cfg = model_only_config
 
 
 @pytest.mark.parametrize(
@@ -47,7 +29,7 @@ def make_cfg(base="mobilenet_v2_ssd", head="ssdlite", size=96, alpha=0.35, class
     ],
 )
 def test_output_shapes_match_anchors(base, head, size):
-    cfg = make_cfg(base, head, size, alpha=0.25 if base == "mobilenet_v1_ssd" else 0.35)
+    cfg = make_cfg(base, head=head, size=size, alpha=0.25 if base == "mobilenet_v1_ssd" else 0.35)
     det = model.build_detector(cfg)
     encodings, logits = det(np.zeros((2, size, size, 3), np.float32), training=False)
     anchors = anchor_lib.anchors(cfg)

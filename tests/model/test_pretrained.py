@@ -13,6 +13,7 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
 from testdata import train_only_snapshot
+from tiny_models import model_only_config
 
 from edgetpu_retrain import cli
 from edgetpu_retrain.common import UserError
@@ -195,24 +196,8 @@ def test_cache_is_reused(weights_cache, monkeypatch):
         pretrained.cached_weights(bundled(V1_05), alpha=0.75)
 
 
-def make_cfg(base="mobilenet_v2_ssd", *, alpha=1.0, size=96, weights="bundled", head="ssdlite"):
-    raw = {
-        "model": {
-            "base": base,
-            "head": head,
-            "input_size": size,
-            "alpha": alpha,
-            "num_classes": 2,
-            "backbone_weights": weights,
-        },
-        "data": {
-            "dataset_dir": "/d",
-            "label_map": "/d/l.pbtxt",
-            "classes": ["a", "b"],
-            "tfrecords": {"train": ["/d/t.tfrecord"]},
-        },
-    }
-    return config.config_from_dict(raw)
+def make_cfg(base="mobilenet_v2_ssd", *, alpha=1.0, weights="bundled"):
+    return model_only_config(base, alpha=alpha, classes=2, backbone_weights=weights)
 
 
 def test_no_bundled_weights_for_alpha_warns_and_names_the_fix(caplog):

@@ -211,8 +211,8 @@ def test_trigger_rules_pools_and_retries(dag) -> None:
     assert type(tasks["wait_for_drop"]).__name__ == "DropSensor" and tasks["wait_for_drop"].soft_fail is True
     windows = tasks["wait_for_drop"].wait_s
     assert windows["backfill"] == 0 and windows["asset_triggered"] == 0 and windows["scheduled"] <= 600
-    assert [a.name for a in tasks["build_dataset"].outlets] == ["edgetpu_dataset"]
-    assert [a.name for a in tasks["model_asset"].outlets] == ["edgetpu_model"]
+    assert [a.name for a in tasks["build_dataset"].outlets] == [f"edgetpu_dataset:{DATA_ROOT}"]
+    assert [a.name for a in tasks["model_asset"].outlets] == [f"edgetpu_model:{DATA_ROOT}"]
     # the report explains failures too: a teardown of the sensor (skipped with it, not deciding run state)
     assert tasks["report"].is_teardown and tasks["wait_for_drop"].is_setup
     assert tasks["report"].trigger_rule == "all_done_setup_success"

@@ -6,6 +6,9 @@
   manifest, label_map, counts).
 - `model_asset`: an outlet of the `model_asset` task after promote, which emits an event only when a
   model was promoted (version, model_dir, the gate metric); `deploy_model` is scheduled on it.
+Each name carries the data root: Airflow keeps one active Asset per name, so a fixed name with a
+data-root-dependent URI would leave the second data root's Asset inactive (tasks fail on it) wherever
+two roots meet one Airflow database (a moved data root, a test suite).
 Imported by the DAG files at parse time: nothing heavy.
 """
 
@@ -24,15 +27,15 @@ def drops_asset(*, data_root: str, poll_s: float) -> Asset:
     watcher = AssetWatcher(
         name="edgetpu_incoming", trigger=NewDropTrigger(data_root=data_root, poke_interval=poll_s)
     )
-    return Asset(name="edgetpu_drops", uri=f"file://{data_root}/incoming", watchers=[watcher])
+    return Asset(name=f"edgetpu_drops:{data_root}", uri=f"file://{data_root}/incoming", watchers=[watcher])
 
 
 def dataset_asset(data_root: str) -> Asset:
-    return Asset(name="edgetpu_dataset", uri=f"file://{data_root}/datasets")
+    return Asset(name=f"edgetpu_dataset:{data_root}", uri=f"file://{data_root}/datasets")
 
 
 def model_asset(data_root: str) -> Asset:
-    return Asset(name="edgetpu_model", uri=f"file://{data_root}/models")
+    return Asset(name=f"edgetpu_model:{data_root}", uri=f"file://{data_root}/models")
 
 
 def model_asset_task(asset: Asset) -> Any:

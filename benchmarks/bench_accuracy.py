@@ -47,6 +47,44 @@ def step(verb: str, *args: str, log: Path) -> tuple[dict, float]:
     return json.loads(done.stdout.strip().splitlines()[-1]), seconds
 
 
+def snapshot(images: Path, work: Path, *, split: str, seed: int, log: Path) -> tuple[dict, dict]:
+    """validate + build-dataset as the DAG runs them: (validate JSON, build-dataset JSON)."""
+    validated, _ = step("validate", "--images", str(images), "--out", str(work / "validated"), log=log)
+    ds, _ = step(
+        "build-dataset",
+        "--validated",
+        validated["out_dir"],
+        "--out",
+        str(work / "dataset"),
+        "--split",
+        split,
+        "--seed",
+        str(seed),
+        log=log,
+    )
+    return validated, ds
+
+
+def export_and_quantize(
+    config: str, checkpoint: str, dataset_dir: str, *, saved_model_dir: Path, tflite_dir: Path, log: Path
+) -> tuple[dict, dict]:
+    """export + tflite as the DAG runs them: (export JSON, tflite JSON)."""
+    exported, _ = step(
+        "export", "--config", config, "--checkpoint", checkpoint, "--out", str(saved_model_dir), log=log
+    )
+    tfl, _ = step(
+        "tflite",
+        "--saved-model",
+        exported["saved_model"],
+        "--dataset",
+        dataset_dir,
+        "--out",
+        str(tflite_dir),
+        log=log,
+    )
+    return exported, tfl
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -82,19 +120,7 @@ def main() -> int:
     log = work / "steps.log"
     src = SHARED_DATASETS / args.dataset
     images = args.labelimg or copy_labelimg_folder(src, work / "labelimg")
-    validated, _ = step("validate", "--images", str(images), "--out", str(work / "validated"), log=log)
-    ds, _ = step(
-        "build-dataset",
-        "--validated",
-        validated["out_dir"],
-        "--out",
-        str(work / "dataset"),
-        "--split",
-        args.split,
-        "--seed",
-        "0",
-        log=log,
-    )
+    _, ds = snapshot(images, work, split=args.split, seed=0, log=log)
     sets = [
         f"model.backbone_weights={args.weights}",
         f"train.steps={args.steps}",
@@ -114,24 +140,12 @@ def main() -> int:
         log=log,
     )
     trained, train_s = step("train", "--config", cfg["config"], "--out", str(work / "train"), log=log)
-    exported, _ = step(
-        "export",
-        "--config",
+    exported, tfl = export_and_quantize(
         cfg["config"],
-        "--checkpoint",
         trained["checkpoint"],
-        "--out",
-        str(work / "saved_model"),
-        log=log,
-    )
-    tfl, _ = step(
-        "tflite",
-        "--saved-model",
-        exported["saved_model"],
-        "--dataset",
         ds["dataset_dir"],
-        "--out",
-        str(work / "tflite"),
+        saved_model_dir=work / "saved_model",
+        tflite_dir=work / "tflite",
         log=log,
     )
     tpu, _ = step("edgetpu", "--tflite", tfl["int8"], "--out", str(work / "edgetpu"), log=log)
@@ -154,7 +168,9 @@ def main() -> int:
     pixels = decode_image(photo.read_bytes())
     size = cfg["input_size"]
     latency = {
-        t: statistics.fmean(bench(Path(tfl["int8"]), t, resize_to_input(pixels, (size, size)), args.runs, 10))
+        t: statistics.fmean(
+            bench(Path(tfl["int8"]), t, resize_to_input(pixels, (size, size)), runs=args.runs, warmup=10)
+        )
         for t in (1, 2)
     }
     summary = {

@@ -80,23 +80,11 @@ COLUMNS = (
 # -------------------------------------------------------------------------------------- dataset
 def prepare_dataset(args: argparse.Namespace, work: Path, log: Path) -> tuple[Path, Path]:
     """(validated dir, dataset snapshot dir) from the real validate + build-dataset verbs."""
-    from bench_accuracy import step
+    from bench_accuracy import snapshot
     from testdata import SHARED_DATASETS, copy_labelimg_folder
 
     images = args.labelimg or copy_labelimg_folder(SHARED_DATASETS / args.dataset, work / "labelimg")
-    validated, _ = step("validate", "--images", str(images), "--out", str(work / "validated"), log=log)
-    ds, _ = step(
-        "build-dataset",
-        "--validated",
-        validated["out_dir"],
-        "--out",
-        str(work / "dataset"),
-        "--split",
-        args.split,
-        "--seed",
-        str(args.seed),
-        log=log,
-    )
+    validated, ds = snapshot(images, work, split=args.split, seed=args.seed, log=log)
     return Path(validated["out_dir"]), Path(ds["dataset_dir"])
 
 
@@ -224,28 +212,16 @@ def train_ours(args: argparse.Namespace, work: Path, ds: Path, log: Path) -> dic
 
 
 def run_ours(args: argparse.Namespace, work: Path, ds: Path) -> dict[str, Any]:
-    from bench_accuracy import step
+    from bench_accuracy import export_and_quantize, step
 
     log = work / "ours.log"
     trained = train_ours(args, work, ds, log)
-    exported, _ = step(
-        "export",
-        "--config",
+    exported, tfl = export_and_quantize(
         trained["config"],
-        "--checkpoint",
         trained["checkpoint"],
-        "--out",
-        str(work / "ours_saved_model"),
-        log=log,
-    )
-    tfl, _ = step(
-        "tflite",
-        "--saved-model",
-        exported["saved_model"],
-        "--dataset",
         str(ds),
-        "--out",
-        str(work / "ours_tflite"),
+        saved_model_dir=work / "ours_saved_model",
+        tflite_dir=work / "ours_tflite",
         log=log,
     )
     ev, _ = step(

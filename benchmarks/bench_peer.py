@@ -7,7 +7,7 @@
 
 Not part of `make test`. The shared datasets are found as tests/conftest.py finds them
 (EDGETPU_SHARED_DATASETS, default ../shared/datasets beside the repository: set it in a worktree).
-A 2-minute smoke on microcontroller takes about 12 minutes in all (dataset, probe, export, int8).
+A 2-minute smoke on microcontroller takes about 12 minutes in all (dataset, training, export, int8).
 
 1. Our split: the real `validate` + `build-dataset` verbs (seed 0) on the LabelImg folder, then a YOLO
    copy of that snapshot (images + txt labels + data.yaml) from annotations.csv and splits/*.txt, so
@@ -17,9 +17,10 @@ A 2-minute smoke on microcontroller takes about 12 minutes in all (dataset, prob
    benchmarks/*.py) in its own venv (created from peer_requirements.txt when missing), inside a
    private network namespace (`unshare -rn`) so any download attempt fails: yolo11n.yaml at the
    input size, `time=` budget, CPU; float best.pt and Ultralytics' ONNX int8.
-3. Ours: render-config (base model, input size, `model.backbone_weights`, train.steps sized from a
-   short probe run so the budget is spent, the same `max_detections`/score threshold as the peer's
-   predictions), train with the budget as a hard cap, export, tflite, evaluate float and int8.
+3. Ours: render-config (base model, input size, `model.backbone_weights`, train.steps a large cap
+   unless --steps, the same `max_detections`/score threshold as the peer's predictions), train with
+   `max_seconds` = the budget (train sizes the run and its learning-rate schedule to it after the
+   first steps, as Ultralytics' `time=` does, and stops there), export, tflite, evaluate float and int8.
 4. Both sides' detections go through the same `evaluate.coco_eval` (pycocotools) on the same
    decoded test images; Ultralytics' own `val` figures on the test split are printed too.
 
@@ -31,9 +32,10 @@ Ours: from the end of the input-pipeline set-up (model already built) to the las
 first step includes tracing. Peer: from the first epoch's start to the last epoch's end, including
 Ultralytics' per-epoch validation (it counts that in `time=` too). The CPU is shared: expect noise.
 "steady images/s": ours without the first step, the peer without validation. "budget used": the
-training phase's wall time over the budget; ours can finish early when the probe ran on a busier CPU
-than the run (pass --steps measured on a quiet machine to fix the count). Prints one table and
-the full JSON (also written to WORK/bench_peer.json).
+training phase's wall time over the budget (ours: train's clock starts at the first step, tracing
+included, and re-estimates the steps that fit a few times; with --steps it stops at the budget or at
+those steps, whichever comes first). Prints one table and the full JSON (also written to
+WORK/bench_peer.json).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "include"), os.environ.ge
 )
 from peer.peer_side import run_logged, run_peer, write_yolo_dataset  # noqa: E402
 
-PROBE_STEPS = 10
+STEPS_CAP = 1_000_000  # our train.steps without --steps: the time budget sizes the run
 COLUMNS = (
     "pipeline",
     "dataset",
@@ -176,36 +178,20 @@ def render(args: argparse.Namespace, ds: Path, out: Path, steps: int, log: Path)
 
 
 def train_ours(args: argparse.Namespace, work: Path, ds: Path, log: Path) -> dict[str, Any]:
-    """Size train.steps to the budget from a probe run (unless --steps), then train capped at the budget."""
-    budget_s = args.budget_minutes * 60.0
-    me = [sys.executable, str(Path(__file__).resolve()), "--train-child"]
-    probe = None
-    steps = args.steps
-    if steps is None:
-        cfg = render(args, ds, work / "ours_probe.yaml", PROBE_STEPS, log)
-        out, _, _ = run_logged([*me, cfg["config"], str(work / "ours_probe"), "0"], log)
-        probe = json.loads(out.strip().splitlines()[-1])
-        sec_per_step = probe["batch_size"] / probe["images_per_sec"]
-        overhead = probe["train_wall_s"] - (PROBE_STEPS - 1) * sec_per_step  # first step: tracing
-        steps = max(PROBE_STEPS, int((budget_s - overhead) / sec_per_step))
-        probe = {
-            "sec_per_step": round(sec_per_step, 3),
-            "first_step_s": round(overhead, 1),
-            "planned_steps": steps,
-        }
-    cfg = render(args, ds, work / "ours.yaml", steps, log)
+    """Train for the budget (train --max-seconds sizes the run and its schedule), measured in a child."""
     from edgetpu_retrain.model.config import load_config
     from edgetpu_retrain.model.optim import warmup_length
 
-    warmup = warmup_length(load_config(cfg["config"]).train, steps)  # train warns when it takes most steps
+    budget_s = args.budget_minutes * 60.0
+    me = [sys.executable, str(Path(__file__).resolve()), "--train-child"]
+    cfg = render(args, ds, work / "ours.yaml", args.steps or STEPS_CAP, log)
     out, wall, cpu = run_logged([*me, cfg["config"], str(work / "ours_train"), str(budget_s)], log)
     trained = json.loads(out.strip().splitlines()[-1])
+    train_cfg = load_config(cfg["config"]).train
     return {
         **trained,
         "config": cfg["config"],
-        "probe": probe,
-        "planned_steps": steps,
-        "warmup_steps": warmup,
+        "warmup_steps": warmup_length(train_cfg, trained["steps_planned"]),  # of the final plan
         "process_wall_s": round(wall, 1),
         "process_cpu_s": round(cpu, 1),
     }
@@ -259,7 +245,7 @@ def row(name: str, r: dict[str, Any], args: argparse.Namespace, train_images: in
     else:  # ours: train's own figure, without the first (tracing) step
         steady, trained = (
             r.get("images_per_sec"),
-            f"{r['steps_done']}/{r['planned_steps']} steps x {r['batch_size']}",
+            f"{r['steps_done']}/{r['steps_planned']} steps x {r['batch_size']} ({r['stopped_by']})",
         )
     return [
         name,
@@ -306,9 +292,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--split", default="0.8,0.1,0.1", help="build-dataset --split (train,val,test)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--steps", type=int, help="our train.steps (skips the probe that sizes them to the budget)"
-    )
+    p.add_argument("--steps", type=int, help="our train.steps (default: as many as the budget fits)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], help="extra render-config key=value"
     )

@@ -66,7 +66,7 @@ def _model_tasks(*, run_dir: str, training_pool: str) -> list:
     )  # fmt: skip
     train = step_task(
         "train",
-        ["--config", CONFIG, "--out", f"{run_dir}/train"],
+        ["--config", CONFIG, "--out", f"{run_dir}/train", templates.TRAIN_BUDGET],
         gpu="{{ params.use_gpu }}",
         pool=training_pool,
         retries=2,

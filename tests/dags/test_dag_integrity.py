@@ -122,6 +122,7 @@ def test_params_are_typed_with_defaults(dag) -> None:
         "batch_size",
         "learning_rate",
         "backbone_weights",
+        "train_max_minutes",
         "config_overrides",
         "use_gpu",
         "require_compile",
@@ -133,6 +134,8 @@ def test_params_are_typed_with_defaults(dag) -> None:
     # "empty = default" params are nullable: the UI form submits its defaults (null), REST/CLI send "" or null
     for name in ("dataset_folder", "manifest", "backbone_weights"):
         assert values[name] is None and dag.params.get_param(name).schema["type"] == ["null", "string"]
+    assert values["train_max_minutes"] is None  # no time budget
+    assert dag.params.get_param("train_max_minutes").schema["type"] == ["null", "number"]
     assert dag.params.get_param("base_model").schema["enum"] == ["mobilenet_v1_ssd", "mobilenet_v2_ssd"]
 
 
@@ -162,6 +165,12 @@ def test_params_are_typed_with_defaults(dag) -> None:
         ("backbone_weights", "", True),
         ("min_map50", 1.5, False),
         ("min_map50", 0.0, True),
+        ("train_max_minutes", 15, True),
+        ("train_max_minutes", 0.5, True),
+        ("train_max_minutes", None, True),
+        ("train_max_minutes", 0, False),
+        ("train_max_minutes", -5, False),
+        ("train_max_minutes", "15", False),
     ],
 )
 def test_param_validation(dag, name, value, ok) -> None:
@@ -307,6 +316,17 @@ def test_templates_render_to_commands(dag) -> None:
         "--out",
         f"{RUN}/train",
     ]
+    # a time budget adds --max-seconds to train only (minutes -> seconds)
+    budgeted = {**conf, "train_max_minutes": 15}
+    assert render_argv(dag, "train", budgeted, results)[5:] == ["--max-seconds", "900"]
+    assert render_argv(dag, "train", {**conf, "train_max_minutes": 2.5}, results)[5:] == [
+        "--max-seconds",
+        "150",
+    ]
+    for task_id in ("render_config", "export", "edgetpu", "promote"):
+        assert render_argv(dag, task_id, budgeted, FAKE_RESULTS) == render_argv(
+            dag, task_id, conf, FAKE_RESULTS
+        )
     assert render_argv(dag, "edgetpu", conf, results) == [
         "edgetpu",
         "--tflite",
@@ -382,6 +402,7 @@ def test_rendered_commands_match_the_verbs_flags(dag, task_id) -> None:
         "steps": 100,
         "backbone_weights": "none",
         "config_overrides": {"train.warmup_steps": 5},
+        "train_max_minutes": 0.5,
     }
     verb, *args = render_argv(dag, task_id, conf, FAKE_RESULTS)
     if importlib.util.find_spec(cli.VERBS[verb][0]) is None:

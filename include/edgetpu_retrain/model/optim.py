@@ -4,7 +4,9 @@ Schedule: linear warm-up from 10% of the peak over train.warmup_steps (auto: min
 so a short run still decays), then cosine decay to 0 at the run's last step (or constant). Weight decay
 applies to kernels only, not to biases or batch norm. The backbone can get its own optimizer
 (`optimizer_groups`): its schedule scaled by train.backbone_lr_multiplier and held at 0 for
-train.freeze_backbone_steps. TensorFlow and Keras are imported inside the functions (--help stays light).
+train.freeze_backbone_steps. The run's length is a `ScheduleLength` (total and warm-up steps in
+tf.Variables, shared by every optimizer), so a time budget (`budget`) can re-size the schedule while it
+trains. TensorFlow and Keras are imported inside the functions (--help stays light).
 """
 
 from __future__ import annotations
@@ -44,9 +46,39 @@ def resolve_warmup(t: TrainConfig, total_steps: int) -> int:
     return warm
 
 
-def make_schedule(cfg: Config, total_steps: int, *, scale: float = 1.0, delay: int = 0) -> Any:
+class ScheduleLength:
+    """The run's length as the schedules read it: total and warm-up steps in tf.Variables (float32, not
+    trainable, not in the checkpoint), so `resize` during training moves the cosine's end (and an auto
+    warm-up with it) without retracing the train step. Create it under the device strategy's scope."""
+
+    def __init__(self, t: TrainConfig, total_steps: int) -> None:
+        import tensorflow as tf
+
+        self.train = t
+        self.total = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="schedule_total")
+        self.warmup = tf.Variable(0.0, dtype=tf.float32, trainable=False, name="schedule_warmup")
+        self.resize(total_steps)
+
+    @property
+    def steps(self) -> int:
+        return round(float(self.total.numpy()))
+
+    def resize(self, total_steps: int) -> None:
+        """The schedule now ends (lr 0 for cosine) at total_steps; warmup_steps auto follows."""
+        self.total.assign(float(total_steps))
+        self.warmup.assign(float(warmup_length(self.train, total_steps)))
+
+
+def schedule_length(t: TrainConfig, total_steps: int | ScheduleLength) -> ScheduleLength:
+    return total_steps if isinstance(total_steps, ScheduleLength) else ScheduleLength(t, total_steps)
+
+
+def make_schedule(
+    cfg: Config, total_steps: int | ScheduleLength, *, scale: float = 1.0, delay: int = 0
+) -> Any:
     """Linear warm-up from 10% of the peak, then cosine decay to 0 at total_steps (or constant).
 
+    total_steps: a number, or a ScheduleLength read at every step (re-sized by a time budget).
     scale multiplies the whole schedule (backbone_lr_multiplier); with delay > 0 it is 0 for the first
     `delay` steps and then ramps up linearly over the warm-up length (freeze_backbone_steps), so an
     unfrozen backbone does not take the full rate at once.
@@ -55,24 +87,24 @@ def make_schedule(cfg: Config, total_steps: int, *, scale: float = 1.0, delay: i
     import tensorflow as tf
 
     t = cfg.train
-    warm = float(warmup_length(t, total_steps))
+    length = schedule_length(t, total_steps)
     peak_value = float(t.learning_rate) * float(scale)
 
     class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
         def __call__(self, step):
             step = tf.cast(step, tf.float32)
             peak = tf.constant(peak_value, tf.float32)
+            warm = tf.convert_to_tensor(length.warmup)
             if t.schedule == "cosine":
-                span = max(float(total_steps) - warm, 1.0)
+                span = tf.maximum(tf.convert_to_tensor(length.total) - warm, 1.0)
                 progress = tf.clip_by_value((step - warm) / span, 0.0, 1.0)
                 lr = 0.5 * peak * (1.0 + tf.cos(math.pi * progress))
             else:
                 lr = peak
-            if warm > 0:
-                ramp = peak * (0.1 + 0.9 * tf.minimum(step / warm, 1.0))
-                lr = tf.where(step < warm, ramp, lr)
+            ramp = peak * (0.1 + 0.9 * tf.minimum(step / tf.maximum(warm, 1.0), 1.0))
+            lr = tf.where(step < warm, ramp, lr)  # warm 0: never
             if delay > 0:
-                lr = lr * tf.clip_by_value((step + 1.0 - float(delay)) / max(warm, 1.0), 0.0, 1.0)
+                lr = lr * tf.clip_by_value((step + 1.0 - float(delay)) / tf.maximum(warm, 1.0), 0.0, 1.0)
             return lr
 
         def get_config(self):
@@ -81,7 +113,9 @@ def make_schedule(cfg: Config, total_steps: int, *, scale: float = 1.0, delay: i
     return WarmupCosine()
 
 
-def make_optimizer(cfg: Config, total_steps: int, *, scale: float = 1.0, delay: int = 0) -> Any:
+def make_optimizer(
+    cfg: Config, total_steps: int | ScheduleLength, *, scale: float = 1.0, delay: int = 0
+) -> Any:
     import keras
 
     t = cfg.train
@@ -106,14 +140,17 @@ def backbone_lr_multiplier(cfg: Config) -> float:
     return float(value)
 
 
-def optimizer_groups(cfg: Config, model: Any, total_steps: int) -> dict[str, tuple[Any, list[Any]]]:
+def optimizer_groups(
+    cfg: Config, model: Any, total_steps: int | ScheduleLength
+) -> dict[str, tuple[Any, list[Any]]]:
     """{'optimizer': (opt, variables)} and, when the backbone is delayed or has its own rate,
     {'backbone_optimizer': (opt, backbone variables)}: a second optimizer whose schedule is scaled and
     held at 0 for freeze_backbone_steps (lr 0 also stops decoupled weight decay and SGD momentum).
-    The names are the checkpoint keys."""
+    The names are the checkpoint keys. Both read the same ScheduleLength (one re-size moves both)."""
     from edgetpu_retrain.model.detector import backbone_of
 
     t = cfg.train
+    total_steps = schedule_length(t, total_steps)
     multiplier = backbone_lr_multiplier(cfg)
     if t.freeze_backbone_steps == 0 and multiplier == 1.0:
         return {"optimizer": (make_optimizer(cfg, total_steps), list(model.trainable_variables))}

@@ -121,6 +121,28 @@ def import_weights(
     return summary
 
 
+def _cache_files(tflite: Path) -> tuple[Path, Path]:
+    """The cached conversion of `tflite`: (`<sha256>-v<N>.weights.h5`, its `.json` summary)."""
+    stem = f"{sha256_file(tflite)}-v{CONVERTER_VERSION}"
+    return cache_dir() / f"{stem}.weights.h5", cache_dir() / f"{stem}.json"
+
+
+def resolved_weights(base: str, alpha: float, weights: str | None) -> dict[str, str | None]:
+    """What model.backbone_weights resolved to (train_result.json), without converting anything:
+    `file` = the Keras weights file the backbone loads (the cached conversion for bundled / .tflite, the
+    file itself for .h5/.keras; null for imagenet and random init), `source` = the .tflite converted."""
+    source: Path | None = None
+    if weights == BUNDLED:
+        source = bundled_path(base, alpha)
+    elif weights is not None and weights.endswith(".tflite"):
+        source = Path(weights)
+    if source is not None:
+        return {"file": str(_cache_files(source)[0]) if source.is_file() else None, "source": str(source)}
+    if weights in (None, "imagenet", BUNDLED):  # bundled here: no file for the alpha (random init)
+        return {"file": None, "source": None}
+    return {"file": str(Path(weights).resolve()), "source": None}
+
+
 def cached_weights(
     tflite: str | os.PathLike[str], *, base: str | None = None, alpha: float | None = None
 ) -> dict[str, Any]:
@@ -131,9 +153,8 @@ def cached_weights(
     tflite = Path(tflite)
     if not tflite.is_file():
         raise UserError(f"{tflite}: MobileNet .tflite not found (model.backbone_weights); fix the path")
-    stem = f"{sha256_file(tflite)}-v{CONVERTER_VERSION}"
     folder = cache_dir()
-    target, meta = folder / f"{stem}.weights.h5", folder / f"{stem}.json"
+    target, meta = _cache_files(tflite)
     if target.is_file() and meta.is_file():
         summary = read_json(meta)
         _check_request(summary, str(tflite), base=base, alpha=alpha)

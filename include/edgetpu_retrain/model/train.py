@@ -8,13 +8,17 @@ images_per_s; what the run report plots and MLflow logs). A retried task resumes
 checkpoint (data order and augmentation continue where they stopped); when the target step count is
 already reached it does nothing and prints the same JSON.
 `--no-resume` deletes DIR/checkpoints, DIR/tensorboard and DIR/metrics.jsonl and starts over.
+`--max-seconds N` (or train.max_seconds; the option wins): a wall-clock budget the run is sized to
+after its first steps, the learning-rate schedule re-sized with it, and a hard cap (`budget`; a resumed
+run continues the stored plan, DIR/checkpoints/budget.json).
 
 Devices: tf.distribute.MirroredStrategy over all visible GPUs (the batch is split between them), the
 default strategy on CPU. Seeds: keras.utils.set_random_seed(train.seed) + seeded, ordered input.
 Fine-tuning (train.backbone_bn, freeze_backbone_steps, backbone_lr_multiplier) changes training only:
 the exported graph, and so the Edge TPU op list, is the same.
 Modules: `optim` (schedules, optimizers), `step` (the training model, the tf.function of one step,
-devices), `progress` (log line, TensorBoard, metrics.jsonl); this module runs them in order.
+devices), `progress` (log line, TensorBoard, metrics.jsonl), `budget` (the time budget); this module
+runs them in order.
 """
 
 from __future__ import annotations
@@ -22,15 +26,21 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgetpu_retrain.common import UserError, log, read_json, write_json
+from edgetpu_retrain.model import budget as time_budget
 from edgetpu_retrain.model.config import Config, load_config
 from edgetpu_retrain.model.config.coerce import no_train_records_message
-from edgetpu_retrain.model.optim import backbone_lr_multiplier, current_lr, optimizer_groups, resolve_warmup
+from edgetpu_retrain.model.optim import (
+    ScheduleLength,
+    backbone_lr_multiplier,
+    current_lr,
+    optimizer_groups,
+    resolve_warmup,
+)
 from edgetpu_retrain.model.optim import make_optimizer as make_optimizer  # re-exported (tests)
 from edgetpu_retrain.model.progress import METRICS_FILE, Progress
 from edgetpu_retrain.model.progress import metrics_line as metrics_line  # re-exported (tests)
@@ -54,6 +64,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--steps", type=int, default=None, help="override train.steps (total, not additional)"
     )
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=None,
+        help="wall-clock training budget (overrides train.max_seconds): the run is sized to it after its "
+        "first steps (learning-rate schedule included) and stops there",
+    )
 
 
 @dataclass
@@ -69,19 +86,29 @@ class Run:
     step_var: Any
     last: dict[str, Any]  # last losses and images/s, stored in the checkpoint for an up-to-date re-run
     manager: Any
+    length: ScheduleLength  # the schedules' total and warm-up steps (re-sized by a time budget)
 
-    def result(self, steps_done: int, losses: dict[str, float], images_per_sec: float) -> dict[str, Any]:
-        """The JSON line (and train_result.json)."""
+    def result(
+        self, budget: dict[str, Any], losses: dict[str, float], images_per_sec: float
+    ) -> dict[str, Any]:
+        """The JSON line (and train_result.json); budget = time_budget.Budget.summary()."""
+        from edgetpu_retrain.model.pretrained import resolved_weights
+
         config = str(self.config_path)
+        m = self.cfg.model
+        weights = resolved_weights(m.base, m.alpha, m.backbone_weights)
         return {
             "checkpoint": self.manager.latest_checkpoint,
-            "steps_done": int(steps_done),
+            **budget,
             "loss": round(float(losses["total"]), 6),
             "box_loss": round(float(losses["box"]), 6),
             "class_loss": round(float(losses["class"]), 6),
             "images_per_sec": round(float(images_per_sec), 3),
             "out_dir": str(self.out),
             "config": config if config not in ("", ".") else None,
+            "backbone_weights": m.backbone_weights,
+            "backbone_weights_file": weights["file"],
+            "backbone_weights_source": weights["source"],
         }
 
     def save(self, step: int, losses: dict[str, float], images_per_sec: float) -> str:
@@ -133,7 +160,8 @@ def _build_run(cfg: Config, out: Path, *, config_path: Path, total: int) -> Run:
         )
     with strategy.scope():
         model = step.build_training_model(cfg)
-        groups = optimizer_groups(cfg, model, total)
+        length = ScheduleLength(cfg.train, total)
+        groups = optimizer_groups(cfg, model, length)
         for opt, group_vars in groups.values():
             opt.build(group_vars)
         step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -148,7 +176,7 @@ def _build_run(cfg: Config, out: Path, *, config_path: Path, total: int) -> Run:
         ckpt, str(out / "checkpoints"), max_to_keep=cfg.train.keep_checkpoints, checkpoint_name="ckpt"
     )
     _restore(ckpt, manager, step_var)
-    return Run(cfg, out, config_path, strategy, model, groups, step_var, last, manager)
+    return Run(cfg, out, config_path, strategy, model, groups, step_var, last, manager, length)
 
 
 def _restore(ckpt: Any, manager: Any, step_var: Any) -> None:
@@ -167,16 +195,16 @@ def _restore(ckpt: Any, manager: Any, step_var: Any) -> None:
     log.info("resuming from %s at step %d", manager.latest_checkpoint, int(step_var.numpy()))
 
 
-def _already_done(run: Run, start: int, total: int) -> dict[str, Any]:
+def _already_done(run: Run, start: int, budget: time_budget.Budget) -> dict[str, Any]:
     """The target is reached: the stored result when it names the latest checkpoint, else rebuilt."""
-    log.info("already at step %d (target %d): nothing to train", start, total)
+    log.info("already at step %d (target %d): nothing to train", start, budget.planned)
     stored = run.out / RESULT_FILE
     if stored.is_file():
         previous = read_json(stored)
         if previous.get("checkpoint") == run.manager.latest_checkpoint:
             return previous
     losses = {k: float(run.last[k].numpy()) for k in LOSS_KEYS}
-    result = run.result(start, losses, float(run.last["ips"].numpy()))
+    result = run.result(budget.summary(start), losses, float(run.last["ips"].numpy()))
     write_json(stored, result)
     return result
 
@@ -219,11 +247,10 @@ def _log_start(run: Run, *, n_anchors: int, start: int, total: int) -> None:
     )
 
 
-def _run_steps(
-    run: Run, *, start: int, total: int, max_seconds: float | None
-) -> tuple[int, dict[str, float]]:
-    """Steps start+1..total (fewer when max_seconds runs out); (last step, its losses). Checkpoints
-    every train.checkpoint_every steps and at the last step; reports every train.log_every steps."""
+def _run_steps(run: Run, *, start: int, budget: time_budget.Budget) -> tuple[int, dict[str, float]]:
+    """Steps start+1..the planned total (re-sized, or cut, by the time budget); (last step, its losses).
+    Checkpoints every train.checkpoint_every steps and at the last step; reports every train.log_every
+    steps and at the last step."""
     from edgetpu_retrain.model import anchors, inputs, step
 
     t = run.cfg.train
@@ -234,34 +261,42 @@ def _run_steps(
         run.cfg, run.groups, model=run.model, strategy=run.strategy, step_var=run.step_var
     )
     progress = Progress(run.cfg, run.out, start=start)
-    _log_start(run, n_anchors=len(boxes), start=start, total=total)
+    _log_start(run, n_anchors=len(boxes), start=start, total=budget.planned)
     values: dict[str, float] = {}
     parts: dict[str, Any] = {}
-    saved_at, started = -1, time.perf_counter()
-    for n in range(start + 1, total + 1):
-        if max_seconds is not None and n > start + 2 and time.perf_counter() - started > max_seconds:
-            total, values = n - 1, _numpy(parts)  # time budget used up: finish as if this were the target
-            progress.close_window()
-            log.info("time budget of %.0f s used up at step %d", max_seconds, total)
-            break
+    n, reported_at, saved_at = start, start, -1
+    budget.begin()
+    while n < budget.planned and not budget.used_up(n):
+        n += 1
         parts = train_step(*next(iterator))
+        budget.step_done(n)  # may re-size budget.planned (never below n)
+        last = n == budget.planned
         if n == start + 1:
             values = _numpy(parts)
-            progress.first_step(n, total)
+            progress.first_step(n, budget.planned)
         else:
             progress.tick()
-        if n % t.log_every == 0 or n == total:
-            values = _numpy(parts)
-            _check_finite(run.cfg, n, values)
-            progress.report(n, total, values, lr=current_lr(run.groups["optimizer"][0]))
-        if n % t.checkpoint_every == 0 or n == total:
+        if n % t.log_every == 0 or last:
+            values = _report(run, progress, n, parts, total=budget.planned)
+            reported_at = n
+        if n % t.checkpoint_every == 0 or last:
             values = _numpy(parts)
             run.save(n, values, progress.images_per_sec())
             saved_at = n
-    if saved_at != total:
-        run.save(total, values, progress.images_per_sec())
+    if reported_at != n:  # cut by the budget between two reports
+        values = _report(run, progress, n, parts, total=budget.planned)
+    if saved_at != n:
+        run.save(n, values, progress.images_per_sec())
     progress.close()
-    return total, values
+    budget.save(done=n)
+    return n, values
+
+
+def _report(run: Run, progress: Progress, n: int, parts: dict[str, Any], *, total: int) -> dict[str, float]:
+    values = _numpy(parts)
+    _check_finite(run.cfg, n, values)
+    progress.report(n, total, values, lr=current_lr(run.groups["optimizer"][0]))
+    return values
 
 
 def train(
@@ -275,21 +310,31 @@ def train(
 ) -> dict[str, Any]:
     """Train to `steps` (default cfg.train.steps) total steps; returns the JSON-line dict.
 
-    max_seconds (benchmarks): stop early, with a checkpoint, once this much wall time has passed.
+    max_seconds (default cfg.train.max_seconds): a wall-clock budget the run is sized to (`budget`):
+    fewer steps, the schedule ending at the budget, and a hard stop there with a checkpoint.
     """
     import keras
 
-    total = int(steps if steps is not None else cfg.train.steps)
-    _check_inputs(cfg, total, Path(config_path))
+    cap = int(steps if steps is not None else cfg.train.steps)
+    seconds = time_budget.check_max_seconds(max_seconds if max_seconds is not None else cfg.train.max_seconds)
+    _check_inputs(cfg, cap, Path(config_path))
     out = _prepare_out(Path(out).resolve(), resume=resume)
     keras.utils.set_random_seed(cfg.train.seed)
+    plan = time_budget.load_plan(out)
+    total = time_budget.resume_target(plan, cap)
     run = _build_run(cfg, out, config_path=Path(config_path), total=total)
     start = int(run.step_var.numpy())
+    if plan is not None:
+        run.length.resize(int(plan["steps_planned"]))  # the same schedule as before the stop
+        log.info("resuming the time-budgeted plan of %s: %d steps", time_budget.plan_path(out), total)
+    budget = time_budget.Budget(
+        max_seconds=seconds, cap=cap, start=start, length=run.length, stored=plan, out=out
+    )
     if start >= total:
-        return _already_done(run, start, total)
-    done, values = _run_steps(run, start=start, total=total, max_seconds=max_seconds)
+        return _already_done(run, start, budget)
+    done, values = _run_steps(run, start=start, budget=budget)
     ips = float(run.last["ips"].numpy())
-    result = run.result(done, values, ips)
+    result = run.result(budget.summary(done), values, ips)
     write_json(out / RESULT_FILE, result)
     return result
 
@@ -297,4 +342,11 @@ def train(
 def run(args: argparse.Namespace) -> dict[str, Any]:
     config_path = Path(args.config).resolve()
     cfg = load_config(config_path)
-    return train(cfg, args.out, config_path=config_path, steps=args.steps, resume=args.resume)
+    return train(
+        cfg,
+        args.out,
+        config_path=config_path,
+        steps=args.steps,
+        resume=args.resume,
+        max_seconds=args.max_seconds,
+    )

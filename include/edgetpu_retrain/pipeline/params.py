@@ -26,6 +26,13 @@ _RATIO = r"\s*(0|1|0?\.\d+|1\.0*)\s*"
 SPLIT_PATTERN = rf"^{_RATIO},{_RATIO},{_RATIO}$"
 
 
+def max_seconds(minutes: Any) -> str:
+    """Jinja filter: the `train_max_minutes` param as train's `--max-seconds` value ("" = no budget)."""
+    if minutes is None or (isinstance(minutes, str) and minutes.strip() in ("", "None", "null")):
+        return ""
+    return f"{float(minutes) * 60.0:g}"
+
+
 def config_sets(params: Mapping[str, Any]) -> dict[str, Any]:
     """Jinja filter: the `--set` overrides of a run (typed params first, config_overrides win)."""
     sets = {
@@ -102,6 +109,16 @@ def _model_params() -> dict[str, Param]:
             description="Empty: the base model's default (bundled ImageNet weights). Or a local MobileNet "
             ".tflite or .h5/.keras backbone weights file (inside the data root), 'imagenet' (Keras "
             "download by the trainer), or 'none' (random init).",
+        ),
+        "train_max_minutes": Param(
+            None,
+            type=["null", "number"],
+            exclusiveMinimum=0,
+            maximum=7 * 24 * 60,
+            title="Training time budget (minutes)",
+            description="Empty: no budget (train runs its steps). Else train --max-seconds: after the first "
+            "steps the run is sized to min(steps, the steps that fit) so the learning-rate schedule ends "
+            "at the budget, and it stops there in any case (e.g. 15 for a nightly window).",
         ),
         "config_overrides": Param(
             {},

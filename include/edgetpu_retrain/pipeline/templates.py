@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edgetpu_retrain.pipeline.drops import path_safe
-from edgetpu_retrain.pipeline.params import config_sets
+from edgetpu_retrain.pipeline.params import config_sets, max_seconds
 from edgetpu_retrain.pipeline.runners import JINJA_FILTERS, Opt, from_step
 
 SOURCE = "ti.xcom_pull(task_ids='wait_for_drop')"  # the sensor's result: folder, version, drop_id
@@ -20,6 +20,8 @@ CONFIG = from_step("render_config", "config")
 DATASET = from_step("build_dataset", "dataset_dir")
 INT8_TFLITE = from_step("tflite", "int8")
 FLOAT_TFLITE = from_step("tflite", "float")
+# train's time budget from the `train_max_minutes` param; nothing when it is empty
+TRAIN_BUDGET = Opt("--max-seconds", "{{ params.train_max_minutes | max_seconds }}")
 REPORT_STEPS = {  # report step name -> task id whose JSON result it gets
     "validate": "validate", "dataset": "build_dataset", "config": "render_config", "train": "train",
     "export": "export", "tflite": "tflite", "edgetpu": "edgetpu", "evaluate-float": "evaluate_float",
@@ -29,7 +31,8 @@ REPORT_STEPS = {  # report step name -> task id whose JSON result it gets
 TASK_DOCS = {
     "download": "Downloads the images of the `manifest` param into unlabeled/<dataset_name>/ (resumable) "
     "for labeling in LabelImg; skipped when the param is empty. Labeled images come back as a drop.",
-    "train": "Resumable: a retry continues from the last checkpoint in runs/<run_id>/train/checkpoints.",
+    "train": "Resumable: a retry continues from the last checkpoint in runs/<run_id>/train/checkpoints "
+    "(with a `train_max_minutes` budget: the same planned schedule, each attempt capped at the budget).",
 }
 
 DOC_MD = """
@@ -59,8 +62,8 @@ def run_dir(root: str) -> str:
 
 
 def template_filters() -> dict[str, Callable[..., Any]]:
-    """The DAG's `user_defined_filters`: step_field, path_safe, config_sets."""
-    return {**JINJA_FILTERS, "path_safe": path_safe, "config_sets": config_sets}
+    """The DAG's `user_defined_filters`: step_field, path_safe, config_sets, max_seconds."""
+    return {**JINJA_FILTERS, "path_safe": path_safe, "config_sets": config_sets, "max_seconds": max_seconds}
 
 
 def report_step_args() -> list[str]:

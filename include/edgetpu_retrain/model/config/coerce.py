@@ -35,6 +35,9 @@ def _keyword_or_number(hint: Any) -> bool:
 
 
 def allowed_text(meta: dict[str, Any], hint: Any) -> str:
+    args = typing.get_args(hint)
+    if type(None) in args and (meta.get("min") is not None or meta.get("max") is not None):
+        return allowed_text(meta, next(a for a in args if a is not type(None))) + ", or null"
     if _keyword_or_number(hint):
         number = _type_name(next(a for a in typing.get_args(hint) if a is not str))
         return f"{number} >= {meta.get('min')} or " + " / ".join(meta.get("choices") or ())
@@ -82,9 +85,12 @@ def _coerce(value: Any, hint: Any, *, meta: dict[str, Any], path: str, source: s
     if origin in (typing.Union, types.UnionType) and type(None) in args:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
             return None
-        return _coerce(
-            value, next(a for a in args if a is not type(None)), meta=meta, path=path, source=source
-        )
+        try:
+            return _coerce(
+                value, next(a for a in args if a is not type(None)), meta=meta, path=path, source=source
+            )
+        except UserError:
+            raise _bad(value, path=path, meta=meta, hint=hint, source=source) from None
     if _keyword_or_number(hint):
         return _keyword_or_number_value(value, hint, meta=meta, path=path, source=source)
     if hint is bool:

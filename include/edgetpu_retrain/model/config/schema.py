@@ -115,6 +115,14 @@ class AugmentationConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = _f(5000, "optimizer steps in total (a resumed run stops here too)", min=1)
+    max_seconds: float | None = _f(
+        None,
+        "wall-clock training budget in seconds, null = none (train --max-seconds wins): after the first "
+        "steps the run is sized to min(steps, the steps that fit), the learning-rate schedule with it, "
+        "and stops at the budget in any case",
+        min=0,
+        min_exclusive=True,
+    )
     batch_size: int = _f(8, "images per step (split over GPUs when there are several)", min=1)
     learning_rate: float = _f(0.02, "peak learning rate", min=0.0, min_exclusive=True)
     warmup_steps: int | str = _f(

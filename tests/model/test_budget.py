@@ -164,10 +164,11 @@ def _lrs(out: Path) -> list[tuple[int, float]]:
 
 @pytest.mark.slow
 def test_train_stops_at_the_budget_with_the_schedule_decayed_and_resumes_the_plan(dataset_dir, tmp_path):
-    cfg = config.render_config(dataset_dir, "mobilenet_v1_ssd", config.parse_set(SETS))[1]
+    sets = config.parse_set([*SETS, "train.max_seconds=20"])
+    cfg = config.render_config(dataset_dir, "mobilenet_v1_ssd", sets)[1]
     out = tmp_path / "run"
-    # tracing the first step takes ~5-15 s on the shared 2 cores; the budget leaves room for steps
-    result = train.train(cfg, out, max_seconds=20.0)
+    # the config's budget; tracing the first step takes ~5-15 s on the shared 2 cores, 20 s leaves steps
+    result = train.train(cfg, out)
     assert result["stopped_by"] == "time budget" and result["max_seconds"] == 20.0
     assert 1 + budget.MIN_TIMED_STEPS < result["steps_done"] <= result["steps_planned"] < cfg.train.steps
     assert result["backbone_weights"] is None and result["backbone_weights_file"] is None
@@ -175,20 +176,20 @@ def test_train_stops_at_the_budget_with_the_schedule_decayed_and_resumes_the_pla
     assert plan["estimates"] and plan["steps_planned"] == result["steps_planned"]
     lrs = _lrs(out)
     assert lrs[-1][0] == result["steps_done"]
-    assert lrs[-1][1] <= 0.1 * PEAK  # the cosine ran (almost) to its end at the budget
+    assert lrs[-1][1] <= 0.15 * PEAK  # the cosine ran (almost) to its end (0.15 x peak at 75% of it)
     assert max(lr for _, lr in lrs) > 0.5 * PEAK
     assert json.loads((out / train.RESULT_FILE).read_text()) == result
 
     # the run ended: running it again does nothing
-    assert train.train(cfg, out, max_seconds=20.0) == result
+    assert train.train(cfg, out) == result
 
     # killed 3 steps before the end of its plan (the plan as it was then): the resumed run trains to the
     # stored plan with the same schedule (no re-sizing), its lr reaching 0 at the planned end
     done = result["steps_done"]
     plan.update(steps_planned=done + 3, steps_done=None, stopped_by=None)
     budget.plan_path(out).write_text(json.dumps(plan))
-    resumed = train.train(cfg, out, max_seconds=60.0)
-    assert resumed["steps_done"] == resumed["steps_planned"] == done + 3
+    resumed = train.train(cfg, out, max_seconds=60.0)  # the option wins over train.max_seconds
+    assert resumed["steps_done"] == resumed["steps_planned"] == done + 3 and resumed["max_seconds"] == 60.0
     assert resumed["stopped_by"] == "time budget"  # the plan came from the budget
     assert json.loads(budget.plan_path(out).read_text())["estimates"] == plan["estimates"]
     assert _lrs(out)[-1] == (done + 3, 0.0)

@@ -1,14 +1,18 @@
 """`edgetpu-retrain tflite`: SavedModel -> full-integer `model_int8.tflite` (+ `model_float.tflite`).
 
-    edgetpu-retrain tflite --saved-model DIR --dataset DIR --out DIR [--num-calibration 100] [--seed 0]
+    edgetpu-retrain tflite --saved-model DIR --dataset DIR --out DIR [--num-calibration 300] [--seed 0]
+                           [--calibration-ranges mean]
 
 Converts the SavedModel's `tflite` signature (written by `export`: float32 0..255 image in, outputs
 `output_0..3` = count, scores, classes, boxes) with:
-- int8: Optimize.DEFAULT + a representative dataset of N images drawn with `--seed` from the dataset's
-  TRAIN TFRecords (manifest.json), resized like `evaluate` does; the first sample gets one 0 pixel and
-  one 255 pixel so calibration sees the full input range and the uint8 input comes out with scale 1,
-  zero point 0 (the Edge TPU's uint8 input). TFLITE_BUILTINS_INT8 only, uint8 input, FLOAT32
-  outputs (quantized outputs saturate scores), allow_custom_ops for TFLite_Detection_PostProcess.
+- int8: Optimize.DEFAULT + a representative dataset: every image of the dataset's TRAIN TFRecords
+  (manifest.json) up to N, above N a draw of N with `--seed` (record order kept), resized like
+  `evaluate` does; the first sample gets one 0 pixel and one 255 pixel so calibration sees the full
+  input range and the uint8 input comes out with scale 1, zero point 0 (the Edge TPU's uint8 input).
+  Activation ranges: the per-image mean (`--calibration-ranges mean`, default) or TFLite's min/max
+  over all images (`minmax`); see export/calibration.py for why and what was measured.
+  TFLITE_BUILTINS_INT8 only, uint8 input, FLOAT32 outputs (quantized outputs saturate scores),
+  allow_custom_ops for TFLite_Detection_PostProcess.
 - float: the same graph without quantization (float32 input holding 0..255), for comparison.
 
 Output order: the converter lists the outputs in an order of its own (seen: scores, boxes, count,
@@ -26,13 +30,13 @@ import argparse
 import logging
 import shutil
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from edgetpu_retrain import common
+from edgetpu_retrain.export import calibration
 from edgetpu_retrain.export.postprocess import OP_NAME as CUSTOM_OP
 from edgetpu_retrain.export.saved_model import (
     PYCORAL_ORDER as OUTPUT_ORDER,
@@ -55,10 +59,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--num-calibration",
         type=int,
-        default=100,
-        help="representative images drawn from the train split (default 100; all if fewer)",
+        default=calibration.DEFAULT_COUNT,
+        help=f"calibration images from the train split: all of them up to this many, else a seeded "
+        f"draw (default {calibration.DEFAULT_COUNT})",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the calibration draw (default 0)")
+    parser.add_argument(
+        "--calibration-ranges",
+        choices=calibration.RANGE_MODES,
+        default=calibration.DEFAULT_RANGES,
+        help="activation ranges: per-image mean (default) or TFLite's min/max over all images",
+    )
     parser.add_argument("--no-float", action="store_true", help="skip model_float.tflite")
 
 
@@ -77,6 +88,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         args.out,
         num_calibration=args.num_calibration,
         seed=args.seed,
+        ranges=args.calibration_ranges,
         write_float=not args.no_float,
     )
 
@@ -114,8 +126,15 @@ def train_shards(dataset_dir: str | Path, split: str = "train") -> list[Path]:
 def calibration_images(
     dataset_dir: str | Path, size: tuple[int, int], *, count: int, seed: int
 ) -> list[np.ndarray]:
-    """`count` train images (uint8 [h, w, 3] at the model size) drawn with `seed`, in record order;
-    the first gets one 0 and one 255 pixel (full input range for calibration)."""
+    """`count` train images (uint8 [h, w, 3] at the model size); see `calibration_set`."""
+    return calibration_set(dataset_dir, size, count=count, seed=seed)[0]
+
+
+def calibration_set(
+    dataset_dir: str | Path, size: tuple[int, int], *, count: int, seed: int
+) -> tuple[list[np.ndarray], int]:
+    """(images, train images available): every train image when count >= that, else `count` drawn
+    with `seed`, in record order; the first gets one 0 and one 255 pixel (full input range)."""
     from edgetpu_retrain.data import tfrecord
     from edgetpu_retrain.evaluate.runtime import decode_image, resize_to_input
 
@@ -123,12 +142,9 @@ def calibration_images(
     total = sum(1 for shard in shards for _ in tfrecord.iter_records(shard, verify=False))
     if total == 0:
         raise common.UserError(f"{dataset_dir}: the train TFRecords hold no examples")
-    if count >= total:
-        chosen = set(range(total))
-        if count > total:
-            log.info("calibration: %d requested, the train split has %d: using all", count, total)
-    else:
-        chosen = set(np.random.default_rng(seed).choice(total, size=count, replace=False).tolist())
+    chosen = set(calibration.draw_indices(total, count=count, seed=seed))
+    if count < total:
+        log.info("calibration: %d of the %d train images (seed %d)", count, total, seed)
     images: list[np.ndarray] = []
     index = 0
     for shard in shards:
@@ -141,7 +157,7 @@ def calibration_images(
     first[0, 0, :] = 0
     first[-1, -1, :] = 255
     images[0] = first
-    return images
+    return images, total
 
 
 # ----------------------------------------------------------------------------------- conversion
@@ -150,28 +166,32 @@ def convert(
     dataset_dir: str | Path,
     out_dir: str | Path,
     *,
-    num_calibration: int = 100,
+    num_calibration: int = calibration.DEFAULT_COUNT,
     seed: int = 0,
+    ranges: str = calibration.DEFAULT_RANGES,
     write_float: bool = True,
 ) -> dict[str, Any]:
     saved_model = Path(saved_model).resolve()
     out_dir = Path(out_dir).resolve()
     size = _input_size(saved_model)
 
-    samples = calibration_images(dataset_dir, size, count=num_calibration, seed=seed)
-    log.info("calibrating with %d images of %dx%d", len(samples), size[0], size[1])
-
-    def representative() -> Iterator[list[np.ndarray]]:
-        for image in samples:
-            yield [image[np.newaxis].astype(np.float32)]
-
-    int8_bytes = _convert(saved_model, representative)
-    float_bytes = _convert(saved_model, None) if write_float else None
+    samples, available = calibration_set(dataset_dir, size, count=num_calibration, seed=seed)
+    log.info("calibrating with %d images of %dx%d (%s ranges)", len(samples), size[0], size[1], ranges)
+    int8_bytes, done = calibration.int8_model(saved_model, samples, ranges=ranges)
+    float_bytes = _convert(saved_model) if write_float else None
 
     result: dict[str, Any] = {
         "out_dir": str(out_dir),
         "calibration_images": len(samples),
         "seed": seed,
+        "calibration": {
+            "split": "train",
+            "images": len(samples),
+            "train_images": available,
+            "seed": seed,
+            "drawn": len(samples) < available,
+            **done,
+        },
         "input_size": list(size),
         "output_order": list(OUTPUT_ORDER),
     }
@@ -221,25 +241,9 @@ def _input_size(saved_model: Path) -> tuple[int, int]:
     return int(spec.shape[1]), int(spec.shape[2])
 
 
-def _convert(saved_model: Path, representative: Any) -> bytes:
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=[TFLITE_SIGNATURE])
-    converter.allow_custom_ops = True
-    if representative is not None:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.float32
-    try:
-        return bytes(converter.convert())
-    except Exception as exc:  # converter errors are long; keep the first line for the user
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise common.UserError(
-            f"{saved_model}: TFLite conversion failed ({first}); re-export the SavedModel "
-            "with `edgetpu-retrain export` (a hand-made SavedModel lacks the post-processing stub)"
-        ) from exc
+def _convert(saved_model: Path) -> bytes:
+    """The float model (no quantization)."""
+    return calibration.run_converter(calibration.converter(saved_model, None), saved_model)
 
 
 def reorder_outputs(data: bytes) -> bytes:

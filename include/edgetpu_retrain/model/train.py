@@ -69,6 +69,7 @@ class Run:
     step_var: Any
     last: dict[str, Any]  # last losses and images/s, stored in the checkpoint for an up-to-date re-run
     manager: Any
+    compute_dtype: str  # train.compute_dtype resolved for this machine (step.compute_dtype)
 
     def result(self, steps_done: int, losses: dict[str, float], images_per_sec: float) -> dict[str, Any]:
         """The JSON line (and train_result.json)."""
@@ -80,6 +81,7 @@ class Run:
             "box_loss": round(float(losses["box"]), 6),
             "class_loss": round(float(losses["class"]), 6),
             "images_per_sec": round(float(images_per_sec), 3),
+            "compute_dtype": self.compute_dtype,
             "out_dir": str(self.out),
             "config": config if config not in ("", ".") else None,
         }
@@ -131,8 +133,9 @@ def _build_run(cfg: Config, out: Path, *, config_path: Path, total: int) -> Run:
         raise UserError(
             f"train.batch_size={cfg.train.batch_size} must be a multiple of the {replicas} GPUs in use"
         )
+    dtype = step.compute_dtype(cfg)
     with strategy.scope():
-        model = step.build_training_model(cfg)
+        model = step.build_training_model(cfg, dtype=dtype)
         groups = optimizer_groups(cfg, model, total)
         for opt, group_vars in groups.values():
             opt.build(group_vars)
@@ -148,7 +151,7 @@ def _build_run(cfg: Config, out: Path, *, config_path: Path, total: int) -> Run:
         ckpt, str(out / "checkpoints"), max_to_keep=cfg.train.keep_checkpoints, checkpoint_name="ckpt"
     )
     _restore(ckpt, manager, step_var)
-    return Run(cfg, out, config_path, strategy, model, groups, step_var, last, manager)
+    return Run(cfg, out, config_path, strategy, model, groups, step_var, last, manager, dtype)
 
 
 def _restore(ckpt: Any, manager: Any, step_var: Any) -> None:

@@ -83,8 +83,9 @@ def test_bf16_training_step_float32_loss_and_checkpoint_restores_into_plain_dete
     keras.utils.set_random_seed(0)
     det = step.build_training_model(cfg)
     layers = list(train_kernels._all_layers(det))
-    convs = {type(layer) for layer in layers if layer.compute_dtype == "bfloat16"}
-    assert convs == {keras.layers.Conv2D, train_kernels.MatMulConv2D}  # depthwise, BN, ReLU6: float32
+    bf16 = [layer for layer in layers if layer.compute_dtype == "bfloat16"]
+    assert bf16 and {type(layer) for layer in bf16} == {train_kernels.MatMulConv2D}  # the rest float32
+    assert all(tuple(layer.kernel_size) == (1, 1) for layer in bf16)
     assert all(v.dtype == tf.float32 for v in det.weights)
     groups = optim.optimizer_groups(cfg, det, 10)
     for opt, group_vars in groups.values():

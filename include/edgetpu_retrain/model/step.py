@@ -4,8 +4,8 @@
 `build_training_model` is build_detector plus training-only settings that leave the variables, checkpoint
 keys and exported graph unchanged: faster kernels (`train_kernels`: fused BatchNorm, 1x1 convs as MatMul;
 train.fused_batch_norm / pointwise_matmul) and train.backbone_bn (the backbone's BatchNorm in inference
-mode) and train.compute_dtype (bfloat16: the Conv2D layers, 1x1 MatMuls and full convs, compute in bf16
-with float32 variables, on CPUs with native bf16 dot products, where they run ~2x float32).
+mode) and train.compute_dtype (bfloat16: the 1x1 conv layers, as MatMuls, compute in bf16 with float32
+variables, on CPUs with native bf16 dot products, where they run ~2x float32).
 `make_train_step` returns the tf.function `train` calls once per step.
 """
 
@@ -87,9 +87,9 @@ def freeze_backbone_bn(model: Any) -> int:
 def build_training_model(cfg: Config, *, dtype: str | None = None) -> Any:
     """The detector `train` optimizes: build_detector + the training-only settings of the config.
 
-    dtype: the resolved compute dtype (default compute_dtype(cfg)); bfloat16 gives the Conv2D layers
+    dtype: the resolved compute dtype (default compute_dtype(cfg)); bfloat16 gives the 1x1 Conv2D layers
     Keras' mixed_bfloat16 policy (train_kernels.use_bfloat16_convs): the same float32 variables (names,
-    checkpoint keys), bf16 matmuls; BatchNorm, ReLU6, depthwise convs and the loss stay float32.
+    checkpoint keys), bf16 matmuls; full and depthwise convs, BatchNorm, ReLU6 and the loss stay float32.
     """
     from edgetpu_retrain.model import detector, train_kernels
 
@@ -97,7 +97,7 @@ def build_training_model(cfg: Config, *, dtype: str | None = None) -> Any:
     model = detector.build_detector(cfg)
     convs = train_kernels.use_bfloat16_convs(model) if dtype == "bfloat16" else 0
     log.info(
-        "training compute dtype %s (train.compute_dtype=%s): %d conv layers in bf16",
+        "training compute dtype %s (train.compute_dtype=%s): %d 1x1 conv layers in bf16",
         dtype,
         cfg.train.compute_dtype,
         convs,

@@ -9,12 +9,15 @@ Pointwise (1x1, stride 1) convolutions are most of a MobileNet's work; as a MatM
 backward pass avoids oneDNN's Conv2D backprop kernels, which are slow on MobileNet V2's narrow layers
 (measured: V2 SSDLite step 1.5x faster on top of the fused BatchNorm, V1 SSD about the same).
 
-`use_bfloat16_convs(model)` (train.compute_dtype=bfloat16) gives the Conv2D layers (1x1 MatMuls and full
-convolutions) Keras' mixed_bfloat16 policy: float32 variables, bf16 inputs and kernel in the op, bf16
-output. Everything else (BatchNorm, ReLU6, depthwise convs, the loss) stays float32: per step on the
+`use_bfloat16_convs(model)` (train.compute_dtype=bfloat16) gives the pointwise (1x1, stride 1) Conv2D
+layers Keras' mixed_bfloat16 policy: float32 variables, bf16 inputs and kernel in the MatMul, bf16 output.
+Everything else (full convs, BatchNorm, ReLU6, depthwise convs, the loss) stays float32. Per step on the
 Zen 5 CPU (op time, V1 SSD 300 / V2 SSDLite 320 px, batch 16) float32 1.43 / 1.48 s, whole model in
 mixed_bfloat16 1.62 / 1.48 s (oneDNN's bf16 depthwise backward ~4x slower than float32, Eigen's bf16
-ReLU6 ~2x), mixed_bfloat16 with depthwise in float32 1.14 / 1.48 s, bf16 convs only 1.15 / 1.27 s.
+ReLU6 ~2x), all Conv2D layers in bf16 1.15 / 1.27 s. Full convs are kept in float32 because oneDNN's bf16
+filter gradient of a 3x3 stride-2 conv on a 1x1 map (V1 SSD's last extra layer at 160 px) returned NaN
+for the taps that see only padding: the forward pass skips them (finite loss) but the NaN kernel left
+that conv unquantized in the int8 model (Edge TPU pre-flight failed).
 The fused BatchNorm also takes bf16 inputs (float32 statistics and moving-average updates), for a
 model built under mixed_bfloat16.
 
@@ -129,12 +132,14 @@ def use_training_kernels(
 
 
 def use_bfloat16_convs(model: keras.Model) -> int:
-    """Give the Conv2D layers of `model` (not depthwise) the mixed_bfloat16 policy (see the module
+    """Give the pointwise Conv2D layers of `model` the mixed_bfloat16 policy (see the module
     docstring): variables stay float32 with the same names; returns how many layers."""
     convs = [
         layer
         for layer in _all_layers(model)
-        if isinstance(layer, keras.layers.Conv2D) and not isinstance(layer, keras.layers.DepthwiseConv2D)
+        if type(layer) in (keras.layers.Conv2D, MatMulConv2D)
+        and tuple(layer.kernel_size) == (1, 1)
+        and tuple(layer.strides) == (1, 1)
     ]
     for layer in convs:
         layer.dtype_policy = "mixed_bfloat16"

@@ -193,9 +193,9 @@ class TrainConfig:
     )
     compute_dtype: str = _f(
         "auto",
-        "training only: float32, or bfloat16 mixed precision in the conv layers (1x1 MatMuls and full "
-        "convs in bf16; variables, batch norm, depthwise convs, optimizer and loss float32; ~1.2x faster "
-        "steps on the Zen 5 CPU); auto = bfloat16 when training on a CPU with avx512_bf16 or amx_bf16, "
+        "training only: float32, or bfloat16 mixed precision in the 1x1 conv layers (their MatMuls in "
+        "bf16; variables, other convs, batch norm, optimizer and loss float32; ~1.1x faster V1 steps on "
+        "the Zen 5 CPU); auto = bfloat16 when training on a CPU with avx512_bf16 or amx_bf16, "
         "float32 otherwise (GPUs; older CPUs emulate bf16, slower); export is unaffected",
         choices=("auto", "float32", "bfloat16"),
     )

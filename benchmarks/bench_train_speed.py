@@ -1,16 +1,18 @@
-"""Training-step throughput before/after the training-only kernels, measured in the same run.
+"""Training-step throughput before/after the training-only kernels and bf16, measured in the same run.
 
 For each base model at its template input size (mobilenet_v2_ssd SSDLite 320 px, mobilenet_v1_ssd SSD
 300 px) and batch 16, builds the real training model (`model.step.build_training_model`), optimizer
 (`model.optim.optimizer_groups`) and step (`model.step.make_train_step`) on the real input pipeline,
 once per variant:
 
-- before:        train.fused_batch_norm=false, train.pointwise_matmul=false (the original code path:
-                 Keras' unfused BatchNorm, 1x1 convs as Conv2D);
-- after:         the defaults (fused BatchNorm, 1x1 convs as MatMul);
-- after+frozenbn: after, with the backbone's BatchNorm layers in inference mode (train.backbone_bn=frozen,
-                 the default for pretrained starts; a training change, hence its own row);
-- before+frozenbn: the same on the original kernels.
+- before:        train.fused_batch_norm=false, train.pointwise_matmul=false, train.compute_dtype=float32
+                 (the original code path: Keras' unfused BatchNorm, 1x1 convs as Conv2D, float32);
+- after:         fused BatchNorm, 1x1 convs as MatMul, float32;
+- after+bf16:    after, with train.compute_dtype=bfloat16 (mixed precision);
+- before+frozenbn / after+frozenbn: the same with the backbone's BatchNorm layers in inference mode
+                 (train.backbone_bn=frozen, the default for pretrained starts: a training change);
+- defaults:      the template defaults of a pretrained start: frozen backbone BN, compute_dtype auto
+                 (bfloat16 on a CPU with native bf16, else float32).
 
 The variants are measured interleaved (A, B, C, A, B, C, ...) after a warm-up, so machine load (the
 2 cores are shared) hits them alike. Prints images/s and images per CPU-second (process CPU time,
@@ -40,12 +42,15 @@ sys.path.insert(0, str(REPO / "tests"))
 from edgetpu_retrain.model import config  # noqa: E402
 
 TEMPLATE_SIZES = {"mobilenet_v2_ssd": 320, "mobilenet_v1_ssd": 300}
-BEFORE = ["train.fused_batch_norm=false", "train.pointwise_matmul=false"]
+BEFORE = ["train.fused_batch_norm=false", "train.pointwise_matmul=false", "train.compute_dtype=float32"]
+F32, BF16 = ["train.compute_dtype=float32"], ["train.compute_dtype=bfloat16"]
 VARIANTS = {  # name -> config overrides
     "before": [*BEFORE, "train.backbone_bn=train"],
-    "after": ["train.backbone_bn=train"],
+    "after": [*F32, "train.backbone_bn=train"],
+    "after+bf16": [*BF16, "train.backbone_bn=train"],
     "before+frozenbn": [*BEFORE, "train.backbone_bn=frozen"],
-    "after+frozenbn": ["train.backbone_bn=frozen"],
+    "after+frozenbn": [*F32, "train.backbone_bn=frozen"],
+    "defaults": ["train.backbone_bn=frozen"],
 }
 
 

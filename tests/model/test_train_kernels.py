@@ -97,6 +97,7 @@ def test_switched_detector_checkpoint_restores_into_plain_detector(tmp_path):
 
 
 _MIRRORED = """
+import sys
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -106,7 +107,7 @@ cfg = config.config_from_dict({
               "backbone_weights": None},
     "data": {"dataset_dir": "/d", "label_map": "/d/l.pbtxt", "classes": ["a", "b"],
              "tfrecords": {"train": ["/d/t"]}},
-    "train": {"batch_size": 4, "backbone_lr_multiplier": 0.5}})
+    "train": {"batch_size": 4, "backbone_lr_multiplier": 0.5, "compute_dtype": sys.argv[1]}})
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     det = step.build_training_model(cfg)
@@ -130,12 +131,13 @@ print("ok", strategy.num_replicas_in_sync)
 
 
 @pytest.mark.slow
-def test_train_step_with_kernels_under_mirrored_strategy():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_train_step_with_kernels_under_mirrored_strategy(dtype):
     """The multi-GPU path (strategy.run per replica, MirroredVariables, two optimizer groups): no GPU
     here, so two logical CPU devices stand in for two GPUs; set up in a fresh process (logical devices
     must precede TF init)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO / "include")}
     proc = subprocess.run(
-        [sys.executable, "-c", _MIRRORED], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", _MIRRORED, dtype], capture_output=True, text=True, env=env, timeout=300
     )
     assert proc.returncode == 0 and "ok 2" in proc.stdout, proc.stderr[-3000:]

@@ -87,6 +87,7 @@ class Run:
     last: dict[str, Any]  # last losses and images/s, stored in the checkpoint for an up-to-date re-run
     manager: Any
     length: ScheduleLength  # the schedules' total and warm-up steps (re-sized by a time budget)
+    compute_dtype: str  # train.compute_dtype resolved for this machine (step.compute_dtype)
 
     def result(
         self, budget: dict[str, Any], losses: dict[str, float], images_per_sec: float
@@ -104,6 +105,7 @@ class Run:
             "box_loss": round(float(losses["box"]), 6),
             "class_loss": round(float(losses["class"]), 6),
             "images_per_sec": round(float(images_per_sec), 3),
+            "compute_dtype": self.compute_dtype,
             "out_dir": str(self.out),
             "config": config if config not in ("", ".") else None,
             "backbone_weights": m.backbone_weights,
@@ -158,8 +160,9 @@ def _build_run(cfg: Config, out: Path, *, config_path: Path, total: int) -> Run:
         raise UserError(
             f"train.batch_size={cfg.train.batch_size} must be a multiple of the {replicas} GPUs in use"
         )
+    dtype = step.compute_dtype(cfg)
     with strategy.scope():
-        model = step.build_training_model(cfg)
+        model = step.build_training_model(cfg, dtype=dtype)
         length = ScheduleLength(cfg.train, total)
         groups = optimizer_groups(cfg, model, length)
         for opt, group_vars in groups.values():
@@ -176,7 +179,7 @@ def _build_run(cfg: Config, out: Path, *, config_path: Path, total: int) -> Run:
         ckpt, str(out / "checkpoints"), max_to_keep=cfg.train.keep_checkpoints, checkpoint_name="ckpt"
     )
     _restore(ckpt, manager, step_var)
-    return Run(cfg, out, config_path, strategy, model, groups, step_var, last, manager, length)
+    return Run(cfg, out, config_path, strategy, model, groups, step_var, last, manager, length, dtype)
 
 
 def _restore(ckpt: Any, manager: Any, step_var: Any) -> None:

@@ -110,3 +110,20 @@ def test_bf16_training_step_float32_loss_and_checkpoint_restores_into_plain_dete
     for got, want in zip(plain(images, training=False), expected, strict=True):
         assert got.dtype == tf.float32
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=0.1, atol=0.15)  # bf16 vs f32 forward
+
+
+def test_a_nan_weight_stops_the_checkpoint_with_the_layer_named():
+    """The bf16 filter-gradient NaN hit kernel taps the forward pass never reads: the loss stayed
+    finite and only the int8 conversion noticed. train refuses to checkpoint such weights."""
+    from edgetpu_retrain.common import UserError
+    from edgetpu_retrain.model import train
+
+    good = keras.Variable(np.ones((3, 3), np.float32), name="good")
+    bad = keras.Variable(np.array([[1.0, np.nan]], np.float32), name="extra_4_3x3s2_conv_kernel")
+    assert train.nonfinite_variables([good, bad]) == [bad.path]
+    cfg = _cfg(compute_dtype="bfloat16")
+    with pytest.raises(
+        UserError, match=r"step 7: 1 weight\(s\) are not finite \(.*extra_4_3x3s2.*compute_dtype=float32"
+    ):
+        train._check_finite_weights(cfg, 7, [good, bad])
+    train._check_finite_weights(cfg, 7, [good])  # finite: no error

@@ -114,6 +114,7 @@ class Run:
         }
 
     def save(self, step: int, losses: dict[str, float], images_per_sec: float) -> str:
+        _check_finite_weights(self.cfg, step, self.model.variables)
         for k in LOSS_KEYS:
             self.last[k].assign(losses[k])
         self.last["ips"].assign(images_per_sec)
@@ -221,6 +222,25 @@ def _check_finite(cfg: Config, step: int, values: dict[str, float]) -> None:
         raise UserError(
             f"step {step}: loss is not finite ({values}); lower train.learning_rate "
             f"(now {cfg.train.learning_rate}) or check the boxes in the dataset"
+        )
+
+
+def nonfinite_variables(variables: list[Any]) -> list[str]:
+    """Names of the variables holding NaN/inf. A kernel tap the forward pass never reads (padding
+    only) can go NaN while the loss stays finite; only the int8 conversion would notice, far away."""
+    import numpy as np
+
+    return [v.path if hasattr(v, "path") else v.name for v in variables if not np.isfinite(v.numpy()).all()]
+
+
+def _check_finite_weights(cfg: Config, step: int, variables: list[Any]) -> None:
+    """Refuse to checkpoint a model with non-finite weights (it would export but not quantize)."""
+    bad = nonfinite_variables(variables)
+    if bad:
+        raise UserError(
+            f"step {step}: {len(bad)} weight(s) are not finite ({', '.join(bad[:3])}"
+            f"{', ...' if len(bad) > 3 else ''}); no checkpoint written. Set train.compute_dtype=float32 "
+            f"(now {cfg.train.compute_dtype}) or lower train.learning_rate (now {cfg.train.learning_rate})"
         )
 
 

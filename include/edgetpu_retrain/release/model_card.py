@@ -156,7 +156,11 @@ def _md_rest(card: dict[str, Any]) -> list[str]:
     tr = card.get("training")
     if tr:
         lines += ["", "## Training", ""]
-        lines += [f"- {k}: {tr[k]}" for k in ("steps_done", "images_per_sec") if k in tr]
+        lines += [
+            f"- {k}: {tr[k]}"
+            for k in ("steps_done", "stopped_by", "images_per_sec", "backbone_weights", "compute_dtype")
+            if k in tr
+        ]
     lines += ["", "## Files", ""]
     lines += [
         f"- {n} ({a['bytes']} bytes, sha256 {a['sha256'][:12]})" for n, a in sorted(card["artifacts"].items())

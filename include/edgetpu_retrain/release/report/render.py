@@ -139,13 +139,29 @@ def _md_config(s: Step) -> list[str]:
 
 def _md_train(s: Step) -> list[str]:
     speed = f" at {fmt(s['images_per_sec'], 1)} images/s." if is_number(s.get("images_per_sec")) else "."
-    lines = [f"Trained {s.get('steps_done', '?')} steps" + speed]
+    lines = [f"Trained {s.get('steps_done', '?')} steps" + _budget_text(s) + speed]
+    if "backbone_weights" in s:
+        lines.append(f"- backbone weights: {s['backbone_weights'] or 'none (random init)'}")
+    if s.get("compute_dtype"):
+        lines.append(f"- compute dtype: {s['compute_dtype']}")
     for k, v in sorted((s.get("losses") or {}).items()):
         if "first" in v:
             lines.append(f"- loss {k}: {fmt(v['first'], 4)} -> {fmt(v['last'], 4)}")
         else:
             lines.append(f"- loss {k}: {fmt(v['last'], 4)}")
     return lines
+
+
+def _budget_text(s: Step) -> str:
+    """' (of N planned, stopped by the 15 min time budget)' for a budgeted run, else ''."""
+    if s.get("stopped_by") != "time budget":
+        return ""
+    budget = (
+        f"the {fmt(s['max_seconds'] / 60, 1)} min time budget"
+        if is_number(s.get("max_seconds"))
+        else "its time budget"
+    )
+    return f" (of {s.get('steps_planned', '?')} planned; stopped by {budget})"
 
 
 def _md_export(s: Step) -> list[str]:

@@ -196,7 +196,19 @@ def _loss_summary(losses: Any) -> dict[str, Any] | None:
 def _train(data: dict[str, Any], base: str | None) -> dict[str, Any]:
     info: dict[str, Any] = {
         k: data[k]
-        for k in ("steps_done", "images_per_sec", "checkpoint", "seconds", "resumed_from", "out_dir")
+        for k in (
+            "steps_done",
+            "steps_planned",
+            "stopped_by",
+            "max_seconds",
+            "images_per_sec",
+            "backbone_weights",
+            "compute_dtype",
+            "checkpoint",
+            "seconds",
+            "resumed_from",
+            "out_dir",
+        )
         if k in data
     }
     loss = _loss_summary(data.get("losses", data.get("loss")))

@@ -10,8 +10,9 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 import keras
+from testdata import tiny_model_config
 
-from edgetpu_retrain.model import anchors, config, optim, step, train_kernels
+from edgetpu_retrain.model import anchors, optim, step, train_kernels
 from edgetpu_retrain.model import detector as model
 
 ZEN5 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni avx512_bf16 vaes\n"
@@ -31,24 +32,7 @@ def test_auto_is_bfloat16_only_on_a_cpu_with_native_bf16():
 
 
 def _cfg(**train):
-    return config.config_from_dict(
-        {
-            "model": {
-                "base": "mobilenet_v2_ssd",
-                "num_classes": 2,
-                "input_size": 96,
-                "alpha": 0.35,
-                "backbone_weights": None,
-            },
-            "data": {
-                "dataset_dir": "/d",
-                "label_map": "/d/label_map.pbtxt",
-                "classes": ["a", "b"],
-                "tfrecords": {"train": ["/d/t.tfrecord"]},
-            },
-            "train": {"batch_size": 2, **train},
-        }
-    )
+    return tiny_model_config(batch_size=2, **train)
 
 
 @pytest.mark.parametrize("training", [True, False])

@@ -12,10 +12,10 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 import keras
-from testdata import REPO
+from testdata import REPO, tiny_model_config
 
-from edgetpu_retrain.model import config, train_kernels
 from edgetpu_retrain.model import detector as model
+from edgetpu_retrain.model import train_kernels
 
 
 def _forward_backward(layer, x, upstream, training: bool):
@@ -62,23 +62,7 @@ def test_pointwise_matmul_matches_conv2d():
 
 
 def test_switched_detector_checkpoint_restores_into_plain_detector(tmp_path):
-    cfg = config.config_from_dict(
-        {
-            "model": {
-                "base": "mobilenet_v2_ssd",
-                "num_classes": 2,
-                "input_size": 96,
-                "alpha": 0.35,
-                "backbone_weights": None,
-            },
-            "data": {
-                "dataset_dir": "/d",
-                "label_map": "/d/label_map.pbtxt",
-                "classes": ["a", "b"],
-                "tfrecords": {"train": ["/d/t.tfrecord"]},
-            },
-        }
-    )
+    cfg = tiny_model_config()
     keras.utils.set_random_seed(0)
     det = model.build_detector(cfg)
     switched = train_kernels.use_training_kernels(det)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,31 +24,6 @@ TINY_RUN_OVERRIDES = {
     "train.batch_size": 4,
     "train.warmup_steps": 1,
 }
-
-
-def tiny_model_config(**train: Any) -> Any:
-    """A 2-class V2 alpha 0.35 detector at 96 px, random init, on a dataset path that need not exist
-    (for building and stepping models, not for reading data); `train` keys override TrainConfig."""
-    from edgetpu_retrain.model import config
-
-    return config.config_from_dict(
-        {
-            "model": {
-                "base": "mobilenet_v2_ssd",
-                "num_classes": 2,
-                "input_size": 96,
-                "alpha": 0.35,
-                "backbone_weights": None,
-            },
-            "data": {
-                "dataset_dir": "/d",
-                "label_map": "/d/label_map.pbtxt",
-                "classes": ["a", "b"],
-                "tfrecords": {"train": ["/d/t.tfrecord"]},
-            },
-            **({"train": train} if train else {}),
-        }
-    )
 
 
 def require_shared(path: Path, what: str) -> Path:

@@ -120,9 +120,11 @@ def model_only_config(
     size: int = 96,
     alpha: float = 0.35,
     classes: int = 3,
+    train: dict | None = None,
     **model_kw,
 ):
-    """A Config to build a detector from (its data paths are placeholders, never read)."""
+    """A Config to build a detector from (its data paths are placeholders, never read); `train` keys
+    override TrainConfig (for building and stepping training models)."""
     raw = {
         "model": {
             "base": base,
@@ -139,6 +141,7 @@ def model_only_config(
             "classes": [f"c{i}" for i in range(classes)],
             "tfrecords": {"train": ["/d/t.tfrecord"]},
         },
+        **({"train": train} if train else {}),
     }
     return config_from_dict(raw)
 

@@ -10,7 +10,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 import keras
-from testdata import tiny_model_config
+from tiny_models import model_only_config
 
 from edgetpu_retrain.model import anchors, optim, step, train_kernels
 from edgetpu_retrain.model import detector as model
@@ -32,7 +32,7 @@ def test_auto_is_bfloat16_only_on_a_cpu_with_native_bf16():
 
 
 def _cfg(**train):
-    return tiny_model_config(batch_size=2, **train)
+    return model_only_config(classes=2, train={"batch_size": 2, **train})
 
 
 @pytest.mark.parametrize("training", [True, False])

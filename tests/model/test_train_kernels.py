@@ -12,7 +12,8 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 import keras
-from testdata import REPO, tiny_model_config
+from testdata import REPO
+from tiny_models import model_only_config
 
 from edgetpu_retrain.model import detector as model
 from edgetpu_retrain.model import train_kernels
@@ -62,7 +63,7 @@ def test_pointwise_matmul_matches_conv2d():
 
 
 def test_switched_detector_checkpoint_restores_into_plain_detector(tmp_path):
-    cfg = tiny_model_config()
+    cfg = model_only_config(classes=2)
     keras.utils.set_random_seed(0)
     det = model.build_detector(cfg)
     switched = train_kernels.use_training_kernels(det)

@@ -32,8 +32,7 @@ def build_dataset(name: str, work: Path, limit: int | None) -> Path:
     from testdata import SHARED_DATASETS, copy_labelimg_folder, train_only_snapshot
 
     src = SHARED_DATASETS / name
-    names = sorted(p.stem for p in (src / "images").iterdir())
-    images = copy_labelimg_folder(src, work / "labelimg", names=names[:limit] if limit else names)
+    images = copy_labelimg_folder(src, work / "labelimg", first=limit or None)
     with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the benchmark's own lines
         train_only_snapshot(images, work)
     return work / "ds"

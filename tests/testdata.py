@@ -24,6 +24,18 @@ TINY_RUN_OVERRIDES = {
     "train.batch_size": 4,
     "train.warmup_steps": 1,
 }
+# --set items the training tests share: a tiny random-init model on a small input pipeline. Each test
+# adds its own learning rate, warm-up, schedule and checkpoint settings.
+TINY_TRAIN_SETS = [
+    "model.input_size=96",
+    "model.alpha=0.25",
+    "model.backbone_weights=null",
+    "train.batch_size=2",
+    "train.optimizer=adam",
+    "train.log_every=1",
+    "train.shuffle_buffer=16",
+    "train.max_boxes=8",
+]
 
 
 def require_shared(path: Path, what: str) -> Path:
@@ -36,10 +48,15 @@ def require_shared(path: Path, what: str) -> Path:
     pytest.skip(message)
 
 
-def copy_labelimg_folder(src: Path, dst: Path, *, names: list[str] | None = None) -> Path:
-    """Copy a dataset (images/ + annotations/) into LabelImg's layout (XML beside each image) under `dst`."""
+def copy_labelimg_folder(
+    src: Path, dst: Path, *, names: list[str] | None = None, first: int | None = None
+) -> Path:
+    """Copy a dataset (images/ + annotations/) into LabelImg's layout (XML beside each image) under `dst`:
+    all images, those whose stem is in `names`, or the `first` N stems in sorted order."""
     dst.mkdir(parents=True, exist_ok=True)
     images = sorted((src / "images").iterdir())
+    if first is not None:
+        names = sorted(p.stem for p in images)[:first]
     if names is not None:
         wanted = set(names)
         images = [p for p in images if p.stem in wanted]

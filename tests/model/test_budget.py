@@ -12,25 +12,18 @@ from types import SimpleNamespace
 import pytest
 
 tf = pytest.importorskip("tensorflow")
-from testdata import copy_labelimg_folder, train_only_snapshot  # noqa: E402
+from testdata import TINY_TRAIN_SETS, copy_labelimg_folder, train_only_snapshot  # noqa: E402
 
 from edgetpu_retrain import cli  # noqa: E402
 from edgetpu_retrain.common import UserError  # noqa: E402
 from edgetpu_retrain.model import budget, config, optim, train  # noqa: E402
 
 SETS = [
-    "model.input_size=96",
-    "model.alpha=0.25",
-    "model.backbone_weights=null",
-    "train.batch_size=2",
-    "train.optimizer=adam",
+    *TINY_TRAIN_SETS,
     "train.learning_rate=0.01",
     "train.warmup_steps=auto",
     "train.schedule=cosine",
-    "train.log_every=1",
     "train.checkpoint_every=1000",
-    "train.shuffle_buffer=16",
-    "train.max_boxes=8",
     "train.steps=100000",
 ]
 PEAK = 0.01
@@ -152,8 +145,7 @@ def test_cli_refuses_a_non_positive_max_seconds(dataset_dir, tmp_path, capsys) -
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory, bccd_dir) -> Path:
     root = tmp_path_factory.mktemp("budget")
-    names = sorted(p.stem for p in (bccd_dir / "images").iterdir())[:8]
-    images = copy_labelimg_folder(bccd_dir, root / "labelimg", names=names)
+    images = copy_labelimg_folder(bccd_dir, root / "labelimg", first=8)
     return train_only_snapshot(images, root)
 
 

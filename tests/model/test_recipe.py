@@ -13,7 +13,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
-from testdata import copy_labelimg_folder, train_only_snapshot
+from testdata import TINY_TRAIN_SETS, copy_labelimg_folder, train_only_snapshot
 
 from edgetpu_retrain import cli
 from edgetpu_retrain.model import config, optim, step, train
@@ -21,26 +21,18 @@ from edgetpu_retrain.model import detector as model
 from edgetpu_retrain.model.detector import backbone_of
 
 SETS = [
-    "model.input_size=96",
-    "model.alpha=0.25",
-    "model.backbone_weights=null",
-    "train.batch_size=2",
-    "train.optimizer=adam",
+    *TINY_TRAIN_SETS,
     "train.learning_rate=0.01",
     "train.warmup_steps=0",
     "train.schedule=constant",
-    "train.log_every=1",
     "train.checkpoint_every=100",
-    "train.shuffle_buffer=16",
-    "train.max_boxes=8",
 ]
 
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory, bccd_dir) -> Path:
     root = tmp_path_factory.mktemp("recipe")
-    names = sorted(p.stem for p in (bccd_dir / "images").iterdir())[:8]
-    images = copy_labelimg_folder(bccd_dir, root / "labelimg", names=names)
+    images = copy_labelimg_folder(bccd_dir, root / "labelimg", first=8)
     return train_only_snapshot(images, root)
 
 

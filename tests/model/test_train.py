@@ -17,7 +17,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 import keras  # noqa: E402
-from testdata import REPO, copy_labelimg_folder, train_only_snapshot  # noqa: E402
+from testdata import REPO, TINY_TRAIN_SETS, copy_labelimg_folder, train_only_snapshot  # noqa: E402
 
 from edgetpu_retrain.model import (
     augment,  # noqa: E402
@@ -32,26 +32,18 @@ from edgetpu_retrain.model import detector as model  # noqa: E402
 SETS = [
     "model.base=mobilenet_v1_ssd",
     "model.head=ssd",
-    "model.input_size=96",
-    "model.alpha=0.25",
-    "model.backbone_weights=null",
-    "train.batch_size=2",
-    "train.optimizer=adam",
+    *TINY_TRAIN_SETS,
     "train.learning_rate=0.002",
     "train.warmup_steps=0",
     "train.schedule=constant",
-    "train.log_every=1",
     "train.checkpoint_every=3",
-    "train.shuffle_buffer=16",
-    "train.max_boxes=8",
 ]
 
 
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory, microcontroller_dir) -> Path:
     root = tmp_path_factory.mktemp("train")
-    names = sorted(p.stem for p in (microcontroller_dir / "images").iterdir())[:8]
-    images = copy_labelimg_folder(microcontroller_dir, root / "labelimg", names=names)
+    images = copy_labelimg_folder(microcontroller_dir, root / "labelimg", first=8)
     return train_only_snapshot(images, root, shards=2)
 
 

@@ -85,6 +85,25 @@ def export_and_quantize(
     return exported, tfl
 
 
+def evaluate_float_and_int8(dataset_dir: str, saved_model: str, int8: str, *, out: Path, log: Path) -> dict:
+    """`evaluate` of the float SavedModel with the int8 .tflite as --compare, on the test split."""
+    ev, _ = step(
+        "evaluate",
+        "--dataset",
+        dataset_dir,
+        "--split",
+        "test",
+        "--model",
+        saved_model,
+        "--compare",
+        int8,
+        "--out",
+        str(out),
+        log=log,
+    )
+    return ev
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -149,19 +168,8 @@ def main() -> int:
         log=log,
     )
     tpu, _ = step("edgetpu", "--tflite", tfl["int8"], "--out", str(work / "edgetpu"), log=log)
-    ev, _ = step(
-        "evaluate",
-        "--dataset",
-        ds["dataset_dir"],
-        "--split",
-        "test",
-        "--model",
-        exported["saved_model"],
-        "--compare",
-        tfl["int8"],
-        "--out",
-        str(work / "eval.json"),
-        log=log,
+    ev = evaluate_float_and_int8(
+        ds["dataset_dir"], exported["saved_model"], tfl["int8"], out=work / "eval.json", log=log
     )
 
     photo = sorted(Path(images).glob("*.jpg"))[0]

@@ -198,7 +198,7 @@ def train_ours(args: argparse.Namespace, work: Path, ds: Path, log: Path) -> dic
 
 
 def run_ours(args: argparse.Namespace, work: Path, ds: Path) -> dict[str, Any]:
-    from bench_accuracy import export_and_quantize, step
+    from bench_accuracy import evaluate_float_and_int8, export_and_quantize
 
     log = work / "ours.log"
     trained = train_ours(args, work, ds, log)
@@ -210,19 +210,8 @@ def run_ours(args: argparse.Namespace, work: Path, ds: Path) -> dict[str, Any]:
         tflite_dir=work / "ours_tflite",
         log=log,
     )
-    ev, _ = step(
-        "evaluate",
-        "--dataset",
-        str(ds),
-        "--split",
-        "test",
-        "--model",
-        exported["saved_model"],
-        "--compare",
-        tfl["int8"],
-        "--out",
-        str(work / "ours_eval.json"),
-        log=log,
+    ev = evaluate_float_and_int8(
+        str(ds), exported["saved_model"], tfl["int8"], out=work / "ours_eval.json", log=log
     )
     keep = ("map", "map50", "images", "objects", "detections", "model", "model_kind")
     return {

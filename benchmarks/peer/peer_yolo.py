@@ -194,6 +194,11 @@ def test_images(data_yaml: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"})
 
 
+def scoring_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings predict and Ultralytics' own val share, so both score the same detections."""
+    return {"imgsz": args.imgsz, "conf": args.conf, "max_det": args.max_det, "device": "cpu"}
+
+
 def predict(weights: Path, images: list[Path], args: argparse.Namespace) -> dict[str, Any]:
     """{file name: {"boxes" [[ymin, xmin, ymax, xmax]] normalized, "classes" 0-based, "scores"}}."""
     from ultralytics import YOLO
@@ -202,10 +207,7 @@ def predict(weights: Path, images: list[Path], args: argparse.Namespace) -> dict
     found: dict[str, Any] = {}
     for res in model.predict(
         [str(p) for p in images],
-        imgsz=args.imgsz,
-        conf=args.conf,
-        max_det=args.max_det,
-        device="cpu",
+        **scoring_settings(args),
         stream=True,
         verbose=False,
     ):
@@ -224,10 +226,7 @@ def own_val(weights: Path, args: argparse.Namespace) -> dict[str, float]:
     m = YOLO(str(weights), task="detect").val(
         data=str(args.data),
         split="test",
-        imgsz=args.imgsz,
-        conf=args.conf,
-        max_det=args.max_det,
-        device="cpu",
+        **scoring_settings(args),
         plots=False,
         verbose=False,
         project=str(args.out / "runs"),

@@ -120,12 +120,7 @@ def use_training_kernels(
         if fused_batch_norm and type(layer) is keras.layers.BatchNormalization:
             layer.__class__ = FusedBatchNormalization
             switched["batch_norm"] += 1
-        elif (
-            pointwise_matmul
-            and type(layer) is keras.layers.Conv2D
-            and tuple(layer.kernel_size) == (1, 1)
-            and tuple(layer.strides) == (1, 1)
-        ):
+        elif pointwise_matmul and type(layer) is keras.layers.Conv2D and _pointwise_layer(layer):
             layer.__class__ = MatMulConv2D
             switched["pointwise_conv"] += 1
     return switched
@@ -134,16 +129,19 @@ def use_training_kernels(
 def use_bfloat16_convs(model: keras.Model) -> int:
     """Give the pointwise Conv2D layers of `model` the mixed_bfloat16 policy (see the module
     docstring): variables stay float32 with the same names; returns how many layers."""
-    convs = [
-        layer
-        for layer in _all_layers(model)
-        if type(layer) in (keras.layers.Conv2D, MatMulConv2D)
-        and tuple(layer.kernel_size) == (1, 1)
-        and tuple(layer.strides) == (1, 1)
-    ]
+    convs = [layer for layer in _all_layers(model) if _pointwise_layer(layer)]
     for layer in convs:
         layer.dtype_policy = "mixed_bfloat16"
     return len(convs)
+
+
+def _pointwise_layer(layer: keras.layers.Layer) -> bool:
+    """A 1x1 stride-1 Conv2D, plain or already switched to MatMulConv2D."""
+    return (
+        type(layer) in (keras.layers.Conv2D, MatMulConv2D)
+        and tuple(layer.kernel_size) == (1, 1)
+        and tuple(layer.strides) == (1, 1)
+    )
 
 
 def _all_layers(model: keras.Model):

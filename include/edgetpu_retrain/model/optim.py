@@ -61,10 +61,12 @@ class ScheduleLength:
 
     @property
     def steps(self) -> int:
-        return round(float(self.total.numpy()))
+        """The total as a Python int (read every training step: no device read)."""
+        return self._steps
 
     def resize(self, total_steps: int) -> None:
         """The schedule now ends (lr 0 for cosine) at total_steps; warmup_steps auto follows."""
+        self._steps = int(total_steps)
         self.total.assign(float(total_steps))
         self.warmup.assign(float(warmup_length(self.train, total_steps)))
 

@@ -11,8 +11,10 @@ once per variant:
 - after+bf16:    after, with train.compute_dtype=bfloat16 (mixed precision);
 - before+frozenbn / after+frozenbn: the same with the backbone's BatchNorm layers in inference mode
                  (train.backbone_bn=frozen, the default for pretrained starts: a training change);
-- defaults:      the template defaults of a pretrained start: frozen backbone BN, compute_dtype auto
-                 (bfloat16 on a CPU with native bf16, else float32).
+- defaults:      the template defaults of a pretrained start: frozen backbone BN folded into the convs
+                 before it (train.fold_frozen_batch_norm), compute_dtype auto (bfloat16 on a CPU with
+                 native bf16, else float32);
+- defaults-nofold: the same with train.fold_frozen_batch_norm=false (the frozen BN as its own ops).
 
 The variants are measured interleaved (A, B, C, A, B, C, ...) after a warm-up, so machine load (the
 2 cores are shared) hits them alike. Prints images/s and images per CPU-second (process CPU time,
@@ -51,6 +53,7 @@ VARIANTS = {  # name -> config overrides
     "before+frozenbn": [*BEFORE, "train.backbone_bn=frozen"],
     "after+frozenbn": [*F32, "train.backbone_bn=frozen"],
     "defaults": ["train.backbone_bn=frozen"],
+    "defaults-nofold": ["train.backbone_bn=frozen", "train.fold_frozen_batch_norm=false"],
 }
 
 

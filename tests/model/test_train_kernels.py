@@ -126,3 +126,103 @@ def test_train_step_with_kernels_under_mirrored_strategy(dtype):
         [sys.executable, "-c", _MIRRORED, dtype], capture_output=True, text=True, env=env, timeout=300
     )
     assert proc.returncode == 0 and "ok 2" in proc.stdout, proc.stderr[-3000:]
+
+
+def _random_batch_norm_statistics(det) -> None:
+    """Moving statistics and gamma/beta away from their initial 0/1, so a wrong fold shows."""
+    for layer in train_kernels._all_layers(det):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(tf.random.stateless_normal([n], [1, n]))
+            layer.moving_variance.assign(tf.random.stateless_uniform([n], [2, n], 0.5, 2.0))
+            layer.gamma.assign(tf.random.stateless_uniform([n], [3, n], 0.5, 1.5))
+            layer.beta.assign(tf.random.stateless_normal([n], [4, n]))
+
+
+@pytest.mark.parametrize(
+    ("base", "dtype"),
+    [("mobilenet_v2_ssd", "float32"), ("mobilenet_v1_ssd", "float32"), ("mobilenet_v1_ssd", "bfloat16")],
+)
+def test_folded_frozen_batch_norm_computes_the_same_detector(base, dtype):
+    """build_training_model with a frozen backbone: folding every backbone BatchNorm into its conv gives
+    the same outputs and gradients (head in inference mode: on 1x1 maps of a batch of 2, batch statistics
+    would magnify rounding), the same backbone features in training mode, and the same variables."""
+    from edgetpu_retrain.model import detector, step
+
+    images = tf.random.stateless_uniform([2, 96, 96, 3], [1, 1], 0, 255)
+    runs = []
+    for fold in (False, True):
+        cfg = model_only_config(
+            base,
+            classes=2,
+            train={"backbone_bn": "frozen", "fold_frozen_batch_norm": fold, "compute_dtype": dtype},
+        )
+        keras.utils.set_random_seed(0)
+        det = step.build_training_model(cfg)
+        _random_batch_norm_statistics(det)
+        backbone = detector.backbone_of(det)
+        kinds = {type(layer).__name__ for layer in backbone.layers}
+        assert ("FoldedAwayBatchNormalization" in kinds) is fold
+        with tf.GradientTape() as tape:
+            outputs = det(images, training=False)
+            loss = sum(tf.reduce_sum(tf.cast(o, tf.float32) * 0.01) for o in tf.nest.flatten(outputs))
+        grads = tape.gradient(loss, det.trainable_variables)
+        features = backbone(images / 127.5 - 1.0, training=True)
+        runs.append(
+            (
+                [v.path for v in det.weights],
+                [o.numpy() for o in tf.nest.flatten(outputs)],
+                [g.numpy() for g in grads],
+                [f.numpy() for f in tf.nest.flatten(features)],
+            )
+        )
+    (names, outputs, grads, features), (names_f, outputs_f, grads_f, features_f) = runs
+    assert names_f == names
+    tol = 2e-2 if dtype == "bfloat16" else 1e-5  # bf16: the kernel x scale product is rounded once more
+    for want, got in zip(outputs + features, outputs_f + features_f, strict=True):
+        np.testing.assert_allclose(got, want, atol=tol * np.abs(want).max())
+    scale = max(np.abs(g).max() for g in grads)
+    for want, got in zip(grads, grads_f, strict=True):
+        np.testing.assert_allclose(got, want, atol=tol * scale)
+
+
+def test_fold_skips_trainable_and_shared_batch_norm():
+    """Only a frozen BatchNorm fed by a linear conv whose output nothing else reads is folded."""
+    inputs = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(4, 3, padding="same", use_bias=False, name="a")(inputs)
+    a_bn = keras.layers.BatchNormalization(name="a_bn")(a)  # frozen below: folded
+    b = keras.layers.Conv2D(4, 1, use_bias=False, name="b")(a_bn)
+    b_bn = keras.layers.BatchNormalization(name="b_bn")(b)  # frozen, but b's output is also read below
+    c = keras.layers.DepthwiseConv2D(3, padding="same", activation="relu", name="c")(b_bn + b)
+    c_bn = keras.layers.BatchNormalization(name="c_bn")(c)  # frozen, after a conv with an activation
+    d = keras.layers.DepthwiseConv2D(3, padding="same", name="d")(c_bn)
+    d_bn = keras.layers.BatchNormalization(name="d_bn")(d)  # trainable: batch statistics, kept
+    net = keras.Model(inputs, d_bn)
+    for name in ("a_bn", "b_bn", "c_bn"):
+        net.get_layer(name).trainable = False
+    x = tf.random.stateless_normal([2, 8, 8, 3], [1, 2])
+    _random_batch_norm_statistics(net)
+    want = net(x, training=False).numpy()
+    assert train_kernels.fold_frozen_batch_norm(net) == 1
+    assert type(net.get_layer("a")) is train_kernels.FoldedConv2D
+    assert [type(net.get_layer(n)) for n in ("b", "c", "d")] == [
+        keras.layers.Conv2D,
+        keras.layers.DepthwiseConv2D,
+        keras.layers.DepthwiseConv2D,
+    ]
+    np.testing.assert_allclose(net(x, training=False).numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_folded_detector_checkpoint_restores_into_plain_detector(tmp_path):
+    from edgetpu_retrain.model import step
+
+    cfg = model_only_config(classes=2, train={"backbone_bn": "frozen", "compute_dtype": "float32"})
+    keras.utils.set_random_seed(0)
+    det = step.build_training_model(cfg)
+    _random_batch_norm_statistics(det)
+    images = tf.random.stateless_uniform([2, 96, 96, 3], [1, 1], 0, 255)
+    expected = det(images, training=False)
+    prefix = tf.train.Checkpoint(model=det).save(str(tmp_path / "ckpt"))
+    plain = model.load_detector(cfg, prefix)
+    for got, want in zip(plain(images, training=False), expected, strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)

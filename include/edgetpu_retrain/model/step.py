@@ -111,10 +111,15 @@ def build_training_model(cfg: Config, *, dtype: str | None = None) -> Any:
         switched["pointwise_conv"],
     )
     if backbone_bn_frozen(cfg):
+        frozen = freeze_backbone_bn(model)
+        folded = train_kernels.fold_frozen_batch_norm(model) if cfg.train.fold_frozen_batch_norm else 0
         log.info(
-            "backbone batch norm frozen (inference mode) in %d layers (train.backbone_bn=%s)",
-            freeze_backbone_bn(model),
+            "backbone batch norm frozen (inference mode) in %d layers (train.backbone_bn=%s), %d folded "
+            "into their convs (train.fold_frozen_batch_norm=%s)",
+            frozen,
             cfg.train.backbone_bn,
+            folded,
+            cfg.train.fold_frozen_batch_norm,
         )
     return model
 

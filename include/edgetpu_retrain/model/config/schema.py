@@ -199,6 +199,12 @@ class TrainConfig:
         "training only: 1x1 convolutions as MatMul (same maths, ~1.5x faster MobileNet V2 steps on CPU); "
         "export is unaffected",
     )
+    fold_frozen_batch_norm: bool = _f(
+        True,
+        "training only: a frozen backbone BatchNorm (train.backbone_bn frozen) computed by the conv "
+        "before it (kernel x gamma/sqrt(var+eps), plus a bias), the same function without per-activation "
+        "batch-norm ops; export is unaffected",
+    )
     compute_dtype: str = _f(
         "auto",
         "training only: float32, or bfloat16 mixed precision in the 1x1 conv layers (their MatMuls in "

@@ -2,8 +2,8 @@
 
     PYTHONPATH=include .venv/bin/python benchmarks/bench_peer.py --dataset microcontroller \
         [--labelimg DIR] [--budget-minutes 15] [--only both|ours|peer] [--work-dir DIR] \
-        [--backbone-weights none] [--base-model mobilenet_v2_ssd] [--split 0.8,0.1,0.1] [--seed 0] \
-        [--steps N] [--set key=value ...] [--peer-venv benchmarks/.peer-venv]
+        [--backbone-weights bundled|none|FILE] [--base-model mobilenet_v2_ssd] [--split 0.8,0.1,0.1] \
+        [--seed 0] [--steps N] [--set key=value ...] [--peer-venv benchmarks/.peer-venv]
 
 Not part of `make test`. The shared datasets are found as tests/conftest.py finds them
 (EDGETPU_SHARED_DATASETS, default ../shared/datasets beside the repository: set it in a worktree).
@@ -271,7 +271,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default="both", choices=["both", "ours", "peer"])
     p.add_argument("--work-dir", type=Path, help="working folder (default: a new temp folder, kept)")
     p.add_argument(
-        "--backbone-weights", default="null", help="model.backbone_weights (null/none: from scratch)"
+        "--backbone-weights",
+        default="bundled",
+        help="model.backbone_weights (default bundled, the templates' default; null/none: from scratch)",
     )
     p.add_argument(
         "--base-model", default="mobilenet_v2_ssd", choices=["mobilenet_v1_ssd", "mobilenet_v2_ssd"]

@@ -146,21 +146,23 @@ class _FoldsBatchNorm:
     gradient are gone."""
 
     _folded_bn: keras.layers.BatchNormalization
+    convolution_op: Any  # Conv2D's, for the Conv2D subclasses below
 
     def _conv(self, inputs: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-        raise NotImplementedError
+        return self.convolution_op(inputs, kernel)
 
     def call(self, inputs):
         bn = self._folded_bn
-        variance = tf.convert_to_tensor(bn.moving_variance)
-        scale = tf.math.rsqrt(variance + bn.epsilon)
+        scale = tf.math.rsqrt(tf.convert_to_tensor(bn.moving_variance) + bn.epsilon)
         if bn.scale:
             scale *= tf.convert_to_tensor(bn.gamma)
         shift = -tf.convert_to_tensor(bn.moving_mean) * scale
         if bn.center:
             shift += tf.convert_to_tensor(bn.beta)
         kernel = tf.cast(self.kernel, tf.float32)
-        kernel *= tf.reshape(scale, kernel.shape[-2:]) if self._depthwise else scale
+        # output channel c of a depthwise kernel [kh, kw, in, multiplier] is (c // multiplier, c % multiplier)
+        depthwise = isinstance(self, keras.layers.DepthwiseConv2D)
+        kernel *= tf.reshape(scale, kernel.shape[-2:]) if depthwise else scale
         out = tf.cast(self._conv(inputs, tf.cast(kernel, inputs.dtype)), tf.float32)
         if self.use_bias:
             shift += tf.cast(self.bias, tf.float32) * scale
@@ -168,22 +170,14 @@ class _FoldsBatchNorm:
 
 
 class FoldedConv2D(_FoldsBatchNorm, keras.layers.Conv2D):
-    _depthwise = False
-
-    def _conv(self, inputs, kernel):
-        return self.convolution_op(inputs, kernel)
+    pass
 
 
 class FoldedMatMulConv2D(_FoldsBatchNorm, MatMulConv2D):
-    _depthwise = False
-
-    def _conv(self, inputs, kernel):
-        return self.convolution_op(inputs, kernel)
+    pass
 
 
 class FoldedDepthwiseConv2D(_FoldsBatchNorm, keras.layers.DepthwiseConv2D):
-    _depthwise = True
-
     def _conv(self, inputs, kernel):
         return keras.ops.depthwise_conv(
             inputs,

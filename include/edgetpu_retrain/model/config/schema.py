@@ -203,7 +203,7 @@ class TrainConfig:
         True,
         "training only: a frozen backbone BatchNorm (train.backbone_bn frozen) computed by the conv "
         "before it (kernel x gamma/sqrt(var+eps), plus a bias), the same function without per-activation "
-        "batch-norm ops; export is unaffected",
+        "batch-norm ops (measured 1.25x faster V2 SSDLite steps, 1.14x V1 SSD on CPU); export is unaffected",
     )
     compute_dtype: str = _f(
         "auto",

@@ -92,7 +92,8 @@ cfg = config.config_from_dict({
               "backbone_weights": None},
     "data": {"dataset_dir": "/d", "label_map": "/d/l.pbtxt", "classes": ["a", "b"],
              "tfrecords": {"train": ["/d/t"]}},
-    "train": {"batch_size": 4, "backbone_lr_multiplier": 0.5, "compute_dtype": sys.argv[1]}})
+    "train": {"batch_size": 4, "backbone_lr_multiplier": 0.5, "compute_dtype": sys.argv[1],
+              "backbone_bn": sys.argv[2]}})
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 with strategy.scope():
     det = step.build_training_model(cfg)
@@ -110,20 +111,31 @@ moving = det.get_layer("mobilenet_v2_ssd_backbone").get_layer("bn_Conv1").moving
 for _ in range(2):
     parts = train_step(*next(batches))
 assert int(step_var.numpy()) == 2 and float(parts["num_pos"]) == 4.0, parts
-assert float(tf.reduce_max(tf.abs(moving))) > 0.0
+if sys.argv[2] == "train":  # batch statistics move the moving mean
+    assert float(tf.reduce_max(tf.abs(moving))) > 0.0
+else:  # frozen and folded into the conv: statistics untouched, the step still trains
+    folded = det.get_layer("mobilenet_v2_ssd_backbone").get_layer("bn_Conv1")
+    assert type(folded).__name__ == "FoldedAwayBatchNormalization"
+    assert float(tf.reduce_max(tf.abs(moving))) == 0.0 and bool(tf.math.is_finite(parts["total"]))
 print("ok", strategy.num_replicas_in_sync)
 """
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_train_step_with_kernels_under_mirrored_strategy(dtype):
+@pytest.mark.parametrize(
+    ("dtype", "backbone_bn"), [("float32", "train"), ("bfloat16", "train"), ("float32", "frozen")]
+)
+def test_train_step_with_kernels_under_mirrored_strategy(dtype, backbone_bn):
     """The multi-GPU path (strategy.run per replica, MirroredVariables, two optimizer groups): no GPU
     here, so two logical CPU devices stand in for two GPUs; set up in a fresh process (logical devices
     must precede TF init)."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO / "include")}
     proc = subprocess.run(
-        [sys.executable, "-c", _MIRRORED, dtype], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-c", _MIRRORED, dtype, backbone_bn],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0 and "ok 2" in proc.stdout, proc.stderr[-3000:]
 

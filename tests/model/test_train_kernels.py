@@ -70,13 +70,23 @@ def test_switched_detector_checkpoint_restores_into_plain_detector(tmp_path):
     assert switched["batch_norm"] > 50 and switched["pointwise_conv"] > 30
     images = tf.random.stateless_uniform([2, 96, 96, 3], [1, 1], 0, 255)
     det(images, training=True)  # moves the BatchNorm statistics away from their initial values
+    _assert_restores_into_plain_detector(cfg, det, images, tmp_path)
+
+
+def _assert_restores_into_plain_detector(cfg, det, images, tmp_path) -> None:
+    """A checkpoint of the training model `det` loads into a plain detector (no training-kernel layer
+    classes) that gives the same inference outputs."""
     expected = det(images, training=False)
     prefix = tf.train.Checkpoint(model=det).save(str(tmp_path / "ckpt"))
     plain = model.load_detector(cfg, prefix)
-    assert not any(
-        isinstance(layer, train_kernels.FusedBatchNormalization)
-        for layer in plain.get_layer("mobilenet_v2_ssd_backbone").layers
+    switched = (
+        train_kernels.FusedBatchNormalization,
+        train_kernels.FoldedAwayBatchNormalization,
+        train_kernels.MatMulConv2D,
+        train_kernels.FoldedConv2D,
+        train_kernels.FoldedDepthwiseConv2D,
     )
+    assert not any(isinstance(layer, switched) for layer in model.backbone_of(plain).layers)
     for got, want in zip(plain(images, training=False), expected, strict=True):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
 
@@ -231,8 +241,4 @@ def test_folded_detector_checkpoint_restores_into_plain_detector(tmp_path):
     det = step.build_training_model(cfg)
     _random_batch_norm_statistics(det)
     images = tf.random.stateless_uniform([2, 96, 96, 3], [1, 1], 0, 255)
-    expected = det(images, training=False)
-    prefix = tf.train.Checkpoint(model=det).save(str(tmp_path / "ckpt"))
-    plain = model.load_detector(cfg, prefix)
-    for got, want in zip(plain(images, training=False), expected, strict=True):
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-4, atol=1e-4)
+    _assert_restores_into_plain_detector(cfg, det, images, tmp_path)
